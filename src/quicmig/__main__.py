@@ -1,0 +1,3 @@
+from quicmig.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The sans-IO core shared by every backend: endpoints, workloads, tracker, checks, results."""

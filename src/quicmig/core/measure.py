@@ -1,0 +1,137 @@
+"""Measurements derived from observed records: interruptions, per-migration losses, transfers."""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+
+from quicmig.core.app import ClientWorkload, DownloadClient, MessagesClient, StreamClient
+from quicmig.core.datagram import format_address
+from quicmig.core.results import MigrationResult, NetworkChange, Transfer
+from quicmig.core.tracker import MigrationTracker, ObservedMigration
+
+
+def longest_gap(times: list[float], start: float, end: float, run_end: float) -> float | None:
+    """Longest gap between consecutive deliveries that overlaps [start, end].
+
+    If nothing was delivered after `start`, the gap runs from the last delivery to
+    `run_end`. Returns None when nothing was delivered before `start` either.
+    """
+    first_after = bisect.bisect_right(times, start)
+    if first_after == 0:
+        return None
+    gaps = []
+    for index in range(first_after, len(times)):
+        gaps.append(times[index] - times[index - 1])
+        if times[index - 1] >= end:
+            break
+    if first_after == len(times):
+        gaps.append(run_end - times[-1])
+    return max(gaps)
+
+
+def migration_results(
+    tracker: MigrationTracker,
+    changes: list[NetworkChange],
+    delivery_times: list[float],
+    workload_done_at: float | None,
+    run_end: float,
+) -> list[MigrationResult]:
+    results = []
+    observed = tracker.migrations
+    for index, mig in enumerate(observed):
+        cause = _cause(mig, changes)
+        window_start = cause.at if cause else mig.detected_at
+        window_end = observed[index + 1].detected_at if index + 1 < len(observed) else run_end
+        settled = mig.validated_at or mig.detected_at
+        interruption = None
+        if workload_done_at is None or workload_done_at > window_start:
+            interruption = longest_gap(delivery_times, window_start, settled, run_end)
+        results.append(
+            MigrationResult(
+                observed=mig.kind,
+                old_peer=format_address(mig.old_peer),
+                new_peer=format_address(mig.new_peer),
+                network_change_at=cause.at if cause else None,
+                network_change=cause.event if cause else None,
+                detected_at=mig.detected_at,
+                detection_delay=mig.detected_at - cause.at if cause else None,
+                first_packet_had_challenge=mig.first_packet_had_challenge,
+                challenge_sent_at=mig.challenges[0].sent_at if mig.challenges else None,
+                validated_at=mig.validated_at,
+                validation_rtt=mig.validation_rtt,
+                challenges=len(mig.challenges),
+                cid_changed=mig.cid_changed,
+                server_cid_changed=(
+                    mig.server_dcid_after != mig.server_dcid_before
+                    if mig.server_dcid_after is not None
+                    else None
+                ),
+                interruption=interruption,
+                lost_packets=sum(window_start <= t < window_end for t in tracker.lost_packets),
+                retransmitted_bytes=sum(
+                    size for t, size in tracker.retransmitted if window_start <= t < window_end
+                ),
+            )
+        )
+    return results
+
+
+def _cause(mig: ObservedMigration, changes: list[NetworkChange]) -> NetworkChange | None:
+    """The latest change of the network at or before the server noticed the migration."""
+    before = [c for c in changes if c.at <= mig.detected_at and c.event != "cid-rotate"]
+    return before[-1] if before else None
+
+
+def transfer_result(workload: ClientWorkload, server_digest: str | None) -> Transfer:
+    delivered = workload.delivery.total
+    common = {"started_at": workload.started_at, "completed_at": workload.completed_at}
+    match workload:
+        case DownloadClient():
+            return Transfer(
+                workload="download",
+                bytes=delivered,
+                expected_bytes=workload.spec.size,
+                intact=(
+                    workload.digest is not None
+                    and workload.digest == server_digest
+                    and delivered == workload.spec.size
+                ),
+                sha256=workload.digest,
+                **common,
+            )
+        case MessagesClient():
+            rtts = sorted(workload.rtts.values())
+            return Transfer(
+                workload="messages",
+                bytes=delivered,
+                expected_bytes=workload.spec.count * workload.spec.size,
+                intact=len(rtts) == workload.spec.count and workload.mismatches == 0,
+                sha256=None,
+                detail={
+                    "answered": len(rtts),
+                    "sent": len(workload.records),
+                    "rtt_median": statistics.median(rtts) if rtts else None,
+                    "rtt_max": rtts[-1] if rtts else None,
+                    "rtts": [[r.sent_at, r.rtt] for r in workload.records],
+                },
+                **common,
+            )
+        case StreamClient():
+            stalls = workload.stalls()
+            return Transfer(
+                workload="stream",
+                bytes=delivered,
+                expected_bytes=None,
+                intact=workload.completed_at is not None,
+                sha256=None,
+                detail={
+                    "frames": len(workload.frame_times),
+                    "stalls": len(stalls),
+                    "stalled_seconds": sum(length for _, length in stalls),
+                    "longest_stall": max((length for _, length in stalls), default=0.0),
+                    "stall_threshold": workload.spec.stall,
+                },
+                **common,
+            )
+    raise TypeError(f"unknown workload {workload!r}")

@@ -1,0 +1,173 @@
+"""Observe what an aioquic connection really puts on and takes off the wire.
+
+aioquic reports every packet it sends and every packet it authenticates as qlog events. A
+`TapTrace` receives those events with a clock of our choosing (virtual time in the
+simulator), keeps them for a qlog file if asked, and hands packets to an observer together
+with the UDP address they travelled to or from, which the endpoint supplies. This is the
+only way the tracker learns anything: from frames aioquic wrote or parsed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aioquic.quic.logger import QLOG_VERSION, QuicLogger, QuicLoggerTrace
+
+from quicmig.core.datagram import Address
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One QUIC packet as aioquic logged it, with the UDP address it went to or came from."""
+
+    at: float  # seconds
+    peer: Address
+    number: int
+    packet_type: str  # "initial", "handshake", "1RTT", ...
+    dcid: str  # hex
+    frames: tuple[dict[str, Any], ...]
+    length: int  # bytes
+
+
+class PacketObserver(Protocol):
+    def on_packet_received(self, packet: Packet) -> None: ...
+
+    def on_packets_sent(self, packets: list[Packet]) -> None: ...
+
+    def on_recovery(self, at: float, name: str, data: dict[str, Any]) -> None: ...
+
+
+class TapTrace(QuicLoggerTrace):
+    """A qlog trace stamped by `clock`, forwarding packets to an optional observer."""
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        odcid: bytes,
+        clock: Clock,
+        keep: bool,
+        observer: PacketObserver | None,
+    ) -> None:
+        super().__init__(is_client=is_client, odcid=odcid)
+        self.clock = clock
+        self.keep = keep
+        self.observer = observer
+        self.peer: Address = ("", 0)  # set by the endpoint before receive_datagram()
+        self._received: list[tuple[float, dict[str, Any]]] = []
+        self._sent_groups: list[list[tuple[float, dict[str, Any]]]] = []
+        self._group_datagrams: list[int] = []
+        self._unflushed: list[tuple[float, dict[str, Any]]] = []
+
+    def log_event(self, *, category: str, event: str, data: dict[str, Any]) -> None:
+        now = self.clock()
+        if self.keep:
+            self._events.append({"data": data, "name": f"{category}:{event}", "time": now * 1e3})
+        if self.observer is None:
+            return
+        if event == "packet_received":
+            # The frames list is filled in while aioquic parses the payload: read it later.
+            self._received.append((now, data))
+        elif event == "packet_sent":
+            self._unflushed.append((now, data))
+        elif event == "datagrams_sent":
+            # aioquic logs a flush's packets, then its datagrams, all for one address.
+            if self._unflushed:
+                self._sent_groups.append(self._unflushed)
+                self._group_datagrams.append(0)
+                self._unflushed = []
+            if self._group_datagrams:
+                self._group_datagrams[-1] += 1
+        elif category == "recovery":
+            self.observer.on_recovery(now, event, data)
+
+    def after_receive(self) -> None:
+        """Call after `receive_datagram()`: report the packets it authenticated."""
+        received, self._received = self._received, []
+        if self.observer is not None:
+            for at, data in received:
+                self.observer.on_packet_received(_packet(at, self.peer, data))
+
+    def after_send(self, destinations: list[Address]) -> None:
+        """Call after `datagrams_to_send()` with the address of each returned datagram."""
+        groups, counts = self._sent_groups, self._group_datagrams
+        self._sent_groups, self._group_datagrams = [], []
+        if self.observer is None:
+            return
+        index = 0
+        for group, count in zip(groups, counts, strict=True):
+            peer = destinations[index]
+            index += count
+            self.observer.on_packets_sent([_packet(at, peer, data) for at, data in group])
+
+    def to_dict(self) -> dict[str, Any]:
+        trace = super().to_dict()
+        trace["common_fields"]["time_format"] = "relative"
+        trace["common_fields"]["reference_time"] = 0
+        return trace
+
+
+def _packet(at: float, peer: Address, data: dict[str, Any]) -> Packet:
+    header = data["header"]
+    return Packet(
+        at=at,
+        peer=peer,
+        number=header.get("packet_number", -1),
+        packet_type=header["packet_type"],
+        dcid=header.get("dcid", ""),
+        frames=tuple(data["frames"]),
+        length=data["raw"]["length"],
+    )
+
+
+class TapLogger(QuicLogger):
+    """Hands each new connection a TapTrace; set `next_observer` before creating one.
+
+    Time is an argument: the endpoint sets `now` (seconds) before each call into aioquic,
+    and every event logged during that call carries it.
+    """
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.keep = keep
+        self.next_observer: PacketObserver | None = None
+        self.last_trace: TapTrace | None = None
+
+    def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
+        trace = TapTrace(
+            is_client=is_client,
+            odcid=odcid,
+            clock=lambda: self.now,
+            keep=self.keep,
+            observer=self.next_observer,
+        )
+        self.next_observer = None
+        self.last_trace = trace
+        if self.keep:
+            self._traces.append(trace)
+        return trace
+
+    def end_trace(self, trace: QuicLoggerTrace) -> None:
+        """Traces stay in memory until write_qlogs()."""
+
+    def write_qlogs(self, directory: Path, prefix: str) -> list[Path]:
+        """Write one .qlog file per connection; return their paths."""
+        paths = []
+        for index, trace in enumerate(self._traces):
+            path = directory / f"{prefix}-{index}.qlog"
+            document = {
+                "qlog_format": "JSON",
+                "qlog_version": QLOG_VERSION,
+                "title": prefix,
+                "traces": [trace.to_dict()],
+            }
+            path.write_text(json.dumps(document))
+            paths.append(path)
+        return paths

@@ -1,0 +1,197 @@
+"""The migration tracker: what one server-side connection saw, built from observed packets only.
+
+It is fed by `TapTrace` (packets aioquic authenticated or sent, with their UDP addresses)
+and never reads a scenario. It follows RFC 9000 section 9.3: the peer address changes when
+the highest-numbered non-probing packet arrives from a new address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quicmig.core.datagram import Address
+from quicmig.core.tap import Packet
+
+# RFC 9000 section 9.1: packets holding only these frames are probing packets.
+PROBING_FRAMES = frozenset({"path_challenge", "path_response", "new_connection_id", "padding"})
+
+
+def is_probing(packet: Packet) -> bool:
+    return all(frame["frame_type"] in PROBING_FRAMES for frame in packet.frames)
+
+
+def _frames(packet: Packet, kind: str) -> list[dict[str, Any]]:
+    return [frame for frame in packet.frames if frame["frame_type"] == kind]
+
+
+@dataclass(slots=True)
+class Challenge:
+    sent_at: float
+    peer: Address
+    data: str  # hex
+    in_first_packet: bool  # carried by the server's first packet to this peer
+    answered_at: float | None = None
+
+
+@dataclass(slots=True)
+class ObservedMigration:
+    """The server saw non-probing packets arrive from a new peer address."""
+
+    detected_at: float
+    old_peer: Address
+    new_peer: Address
+    old_dcid: str
+    new_dcid: str
+    first_packet_to_peer_at: float | None = None
+    first_packet_had_challenge: bool | None = None
+    challenges: list[Challenge] = field(default_factory=list)
+    server_dcid_before: str = ""
+    server_dcid_after: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "port_change" if self.old_peer[0] == self.new_peer[0] else "address_change"
+
+    @property
+    def cid_changed(self) -> bool:
+        return self.old_dcid != self.new_dcid
+
+    @property
+    def validated_at(self) -> float | None:
+        answered = [c.answered_at for c in self.challenges if c.answered_at is not None]
+        return min(answered) if answered else None
+
+    @property
+    def validation_rtt(self) -> float | None:
+        answered = [c for c in self.challenges if c.answered_at is not None]
+        if not answered:
+            return None
+        first = min(answered, key=lambda c: c.answered_at or 0.0)
+        assert first.answered_at is not None
+        return first.answered_at - first.sent_at
+
+
+@dataclass(frozen=True, slots=True)
+class CidRotation:
+    """The peer switched to another of our connection IDs without changing address."""
+
+    at: float
+    peer: Address
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverySample:
+    at: float  # seconds
+    cwnd: int | None  # bytes
+    bytes_in_flight: int | None  # bytes
+    smoothed_rtt: float | None  # seconds
+    latest_rtt: float | None  # seconds
+
+
+class MigrationTracker:
+    """Per-connection record of paths, migrations, challenges, losses and retransmissions."""
+
+    def __init__(self) -> None:
+        self.peer: Address | None = None  # where the client's newest non-probing packet came from
+        self.peers_seen: list[Address] = []
+        self.migrations: list[ObservedMigration] = []
+        self.cid_rotations: list[CidRotation] = []
+        self.lost_packets: list[float] = []  # times aioquic declared a packet lost
+        self.retransmitted: list[tuple[float, int]] = []  # (time, stream bytes sent again)
+        self.recovery: list[RecoverySample] = []
+        self.datagrams_to: dict[Address, int] = {}  # bytes the server sent to each address
+        self.datagrams_from: dict[Address, int] = {}  # bytes received from each address
+        self._largest_pn = -1
+        self._dcid = ""  # the DCID of the client's newest non-probing 1-RTT packet
+        self._server_dcid = ""  # the DCID the server last put on a 1-RTT packet
+        self._sent_to: set[Address] = set()
+        self._challenges: dict[str, Challenge] = {}
+        self._stream_sent: dict[int, int] = {}  # stream id -> highest offset sent
+
+    # Observer interface (see TapTrace)
+
+    def on_packet_received(self, packet: Packet) -> None:
+        peer = packet.peer
+        self.datagrams_from[peer] = self.datagrams_from.get(peer, 0) + packet.length
+        if peer not in self.peers_seen:
+            self.peers_seen.append(peer)
+        for frame in _frames(packet, "path_response"):
+            challenge = self._challenges.get(frame["data"])
+            if challenge is not None and challenge.answered_at is None:
+                challenge.answered_at = packet.at
+        if packet.packet_type != "1RTT":
+            if self.peer is None:
+                self.peer = peer
+            return
+        if is_probing(packet) or packet.number <= self._largest_pn:
+            return
+        self._largest_pn = packet.number
+        if self.peer is not None and peer != self.peer:
+            self.migrations.append(
+                ObservedMigration(
+                    detected_at=packet.at,
+                    old_peer=self.peer,
+                    new_peer=peer,
+                    old_dcid=self._dcid,
+                    new_dcid=packet.dcid,
+                    server_dcid_before=self._server_dcid,
+                )
+            )
+            self._sent_to.discard(peer)  # a return to an old address is a new path again
+        elif self._dcid and packet.dcid != self._dcid:
+            self.cid_rotations.append(CidRotation(packet.at, peer))
+        self.peer = peer
+        self._dcid = packet.dcid
+
+    def on_packets_sent(self, packets: list[Packet]) -> None:
+        for packet in packets:
+            peer = packet.peer
+            self.datagrams_to[peer] = self.datagrams_to.get(peer, 0) + packet.length
+            first_to_peer = peer not in self._sent_to
+            self._sent_to.add(peer)
+            current = self.migrations[-1] if self.migrations else None
+            if (
+                current is not None
+                and peer == current.new_peer
+                and current.first_packet_to_peer_at is None
+            ):
+                current.first_packet_to_peer_at = packet.at
+                current.first_packet_had_challenge = bool(_frames(packet, "path_challenge"))
+            for frame in _frames(packet, "path_challenge"):
+                challenge = Challenge(packet.at, peer, frame["data"], first_to_peer)
+                self._challenges[challenge.data] = challenge
+                if current is not None and peer == current.new_peer:
+                    current.challenges.append(challenge)
+            if packet.packet_type == "1RTT":
+                if current is not None and peer == current.new_peer:
+                    if current.server_dcid_after is None and packet.dcid:
+                        current.server_dcid_after = packet.dcid
+                self._server_dcid = packet.dcid
+            for frame in _frames(packet, "stream"):
+                end = frame["offset"] + frame["length"]
+                highest = self._stream_sent.get(frame["stream_id"], 0)
+                if frame["offset"] < highest:
+                    self.retransmitted.append((packet.at, min(end, highest) - frame["offset"]))
+                if end > highest:
+                    self._stream_sent[frame["stream_id"]] = end
+
+    def on_recovery(self, at: float, name: str, data: dict[str, Any]) -> None:
+        if name == "packet_lost":
+            self.lost_packets.append(at)
+        elif name == "metrics_updated":
+            srtt = data.get("smoothed_rtt")
+            latest = data.get("latest_rtt")
+            self.recovery.append(
+                RecoverySample(
+                    at=at,
+                    cwnd=data.get("cwnd"),
+                    bytes_in_flight=data.get("bytes_in_flight"),
+                    smoothed_rtt=srtt / 1e3 if srtt is not None else None,
+                    latest_rtt=latest / 1e3 if latest is not None else None,
+                )
+            )
+
+    @property
+    def challenges(self) -> list[Challenge]:
+        return list(self._challenges.values())

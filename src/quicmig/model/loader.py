@@ -1,0 +1,386 @@
+"""Scenarios from TOML: the built-in ones ship as TOML files and custom ones use the same keys.
+
+`--set dotted.key=value` edits the parsed tree before it becomes a Scenario, so built-in
+parameters and custom files are overridden the same way. Every unknown key, wrong type or
+out-of-range value is an InputError that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from quicmig.errors import InputError
+from quicmig.model.scenario import (
+    AddressChange,
+    CidRotate,
+    ClientSettings,
+    Download,
+    Expectation,
+    InterfaceDown,
+    InterfaceUp,
+    LinkChange,
+    Messages,
+    NatRebind,
+    Scenario,
+    Stream,
+    Switch,
+    SwitchMode,
+    TimelineEvent,
+    Workload,
+)
+from quicmig.model.settings import LINK_KEYS, apply_link_settings, number
+from quicmig.model.topology import PROFILES, Host, Interface, Link, LinkProfile, Nat, Topology
+
+Tree = dict[str, Any]
+TOPOLOGY_SHORTCUTS = ("hosts", "links", "nats", "server")
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("quicmig") / "scenarios"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def builtin_text(name: str) -> str:
+    if name not in builtin_names():
+        known = ", ".join(builtin_names())
+        raise InputError(f"unknown scenario {name!r}; built-in scenarios: {known} (or a FILE.toml)")
+    return (resources.files("quicmig") / "scenarios" / f"{name}.toml").read_text()
+
+
+def read_tree(name_or_path: str) -> Tree:
+    """The TOML tree of a built-in scenario name or of a .toml file."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read scenario file {path}: {exc.strerror}") from None
+        source = str(path)
+    else:
+        text = builtin_text(name_or_path)
+        source = name_or_path
+    try:
+        return _expand_topology(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{source}: malformed TOML: {exc}") from None
+
+
+def topology_names() -> list[str]:
+    folder = resources.files("quicmig") / "topologies"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _expand_topology(tree: Tree) -> Tree:
+    """`topology = "phone"` names a shipped topology; replace it with that table."""
+    name = tree.get("topology")
+    if isinstance(name, str):
+        if name not in topology_names():
+            known = ", ".join(topology_names())
+            raise InputError(f"topology: unknown {name!r}; shipped topologies: {known} (or a table)")
+        text = (resources.files("quicmig") / "topologies" / f"{name}.toml").read_text()
+        tree["topology"] = tomllib.loads(text)
+    return tree
+
+
+def apply_overrides(tree: Tree, overrides: Iterable[str]) -> Tree:
+    """Apply `key=value` strings (dotted keys, TOML values) to `tree`, in place."""
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise InputError(f"--set {item!r}: expected key=value, e.g. links.wifi.delay_ms=30")
+        parts = key.strip().split(".")
+        if parts[0] in TOPOLOGY_SHORTCUTS:
+            parts = ["topology", *parts]
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        node: Any = tree
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: depth + 1]), item)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, key, item)] = value
+        else:
+            node[last] = value
+    return tree
+
+
+def _index(node: list[Any], part: str, key: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise InputError(f"--set {item!r}: {key} needs an index below {len(node)}")
+    return int(part)
+
+
+def _child(node: Any, part: str, key: str, item: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, key, item)]
+    if not isinstance(node, dict):
+        raise InputError(f"--set {item!r}: {key} is a value, not a table")
+    return node.setdefault(part, {})
+
+
+def load_scenario(name_or_path: str, overrides: Iterable[str] = ()) -> Scenario:
+    tree = apply_overrides(read_tree(name_or_path), overrides)
+    return scenario_from_tree(tree, default_name=Path(name_or_path).stem)
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+class _Table:
+    """Typed access to one TOML table; remembers which keys were read to catch typos."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a table")
+        self.data: Tree = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        return self.data.get(key, default)
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise InputError(f"{self.where}.{key}: expected a string, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float | None = None) -> float:
+        value = self._get(key, default)
+        if value is None:
+            raise InputError(f"{self.where}.{key}: required (a number)")
+        return number(value, f"{self.where}.{key}")
+
+    def optional(self, key: str) -> float | None:
+        value = self._get(key, None)
+        return None if value is None else number(value, f"{self.where}.{key}")
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{self.where}.{key}: expected a whole number, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise InputError(f"{self.where}.{key}: expected true or false, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"{self.where}.{key}: expected a string or a list of strings")
+        return tuple(value)
+
+    def table(self, key: str) -> _Table:
+        return _Table(self._get(key, {}), f"{self.where}.{key}" if self.where else key)
+
+    def finish(self, allowed: Iterable[str] = ()) -> None:
+        extra = set(self.data) - self.used - set(allowed)
+        if extra:
+            known = ", ".join(sorted(self.used | set(allowed)))
+            raise InputError(f"{self.where or 'scenario'}.{sorted(extra)[0]}: unknown key; allowed: {known}")
+
+
+def scenario_from_tree(tree: Tree, default_name: str = "custom") -> Scenario:
+    root = _Table(tree, "")
+    name = root.string("name", default_name)
+    topology = _topology(root.table("topology"))
+    scenario = Scenario(
+        name=name,
+        summary=root.string("summary", ""),
+        doc=root.string("doc", ""),
+        duration=root.number("duration_s", 30.0),
+        topology=topology,
+        workload=_workload(root.table("workload")),
+        timeline=tuple(_event(e, i, topology) for i, e in enumerate(_list(root, "timeline"))),
+        client=_client(root.table("client")),
+        expect=_expect(root.table("expect")),
+    )
+    root.finish()
+    return scenario.validated()
+
+
+def _list(table: _Table, key: str) -> list[Any]:
+    value = table._get(key, [])
+    if not isinstance(value, list):
+        raise InputError(f"{key}: expected an array of tables ([[{key}]])")
+    return value
+
+
+def _topology(table: _Table) -> Topology:
+    hosts = []
+    hosts_table = table.table("hosts")
+    for host_name in hosts_table.data:
+        host_table = hosts_table.table(host_name)
+        ifaces_table = host_table.table("interfaces")
+        interfaces = tuple(
+            Interface(iface, ifaces_table.strings(iface)) for iface in ifaces_table.data
+        )
+        host_table.finish()
+        hosts.append(Host(host_name, interfaces))
+    nats = []
+    nats_table = table.table("nats")
+    for nat_name in nats_table.data:
+        nat_table = nats_table.table(nat_name)
+        low, high = Nat(nat_name, ()).port_range
+        nats.append(
+            Nat(
+                name=nat_name,
+                external=nat_table.strings("external"),
+                idle_timeout=nat_table.number("idle_timeout_s", 30.0),
+                port_range=(nat_table.integer("port_low", low), nat_table.integer("port_high", high)),
+            )
+        )
+        nat_table.finish()
+    links = []
+    links_table = table.table("links")
+    for link_name in links_table.data:
+        link_table = links_table.table(link_name)
+        base_name = link_table.string("profile", "ideal")
+        if base_name not in PROFILES:
+            raise InputError(
+                f"{link_table.where}.profile: unknown profile {base_name!r}; "
+                f"known: {', '.join(PROFILES)}"
+            )
+        settings = [(k, link_table.data[k]) for k in LINK_KEYS if k in link_table.data]
+        profile = apply_link_settings(PROFILES[base_name], settings, link_table.where)
+        links.append(Link(link_name, link_table.string("a"), link_table.string("b"), profile))
+        link_table.finish(LINK_KEYS)
+    topology = Topology(tuple(hosts), tuple(links), tuple(nats), table.string("server", "server"))
+    table.finish()
+    return topology
+
+
+def _workload(table: _Table) -> Workload:
+    kind = table.string("kind", "download")
+    workload: Workload
+    if kind == "download":
+        workload = Download(size=table.integer("bytes", Download().size))
+    elif kind == "messages":
+        workload = Messages(
+            count=table.integer("count", Messages().count),
+            interval=table.number("interval_s", Messages().interval),
+            size=table.integer("size", Messages().size),
+        )
+    elif kind == "stream":
+        workload = Stream(
+            rate=table.number("rate_mbit", Stream().rate / 1e6) * 1e6,
+            duration=table.number("duration_s", Stream().duration),
+            chunk=table.integer("chunk", Stream().chunk),
+            stall=table.number("stall_s", Stream().stall),
+        )
+    else:
+        raise InputError(f"workload.kind: unknown {kind!r}; allowed: download, messages, stream")
+    table.finish()
+    return workload
+
+
+def _client(table: _Table) -> ClientSettings:
+    interface = table._get("interface", None)
+    if interface is not None and not isinstance(interface, str):
+        raise InputError("client.interface: expected an interface name")
+    settings = ClientSettings(
+        interface=interface,
+        keepalive=table.optional("keepalive_s"),
+        failover_after=table.optional("failover_after_s"),
+    )
+    for key in ("keepalive_s", "failover_after_s"):
+        value = getattr(settings, "keepalive" if key == "keepalive_s" else "failover_after")
+        if value is not None and value <= 0:
+            raise InputError(f"client.{key}: must be > 0 seconds (omit it to turn it off)")
+    table.finish()
+    return settings
+
+
+def _expect(table: _Table) -> Expectation:
+    verdict = table.string("verdict", "passed")
+    if verdict not in ("passed", "failed", "unsupported"):
+        raise InputError(f"expect.verdict: {verdict!r}; allowed: passed, failed, unsupported")
+    kinds = table.strings("migrations")
+    for kind in kinds:
+        if kind not in ("port_change", "address_change"):
+            raise InputError(f"expect.migrations: {kind!r}; allowed: port_change, address_change")
+    minimum = table._get("min_migrations", None)
+    expectation = Expectation(
+        verdict=verdict,
+        migrations=kinds,
+        min_migrations=None if minimum is None else table.integer("min_migrations"),
+        cid_rotations=table.integer("cid_rotations", 0),
+        why=table.string("why", ""),
+    )
+    table.finish()
+    return expectation
+
+
+EVENT_KINDS = (
+    "nat-rebind",
+    "interface-down",
+    "interface-up",
+    "address-change",
+    "switch",
+    "cid-rotate",
+    "link-change",
+)
+
+
+def _event(data: Any, index: int, topology: Topology) -> TimelineEvent:
+    table = _Table(data, f"timeline[{index}]")
+    kind = table.string("event", "")
+    at = table.number("at_s")
+    event: TimelineEvent
+    if kind == "nat-rebind":
+        event = NatRebind(
+            at, table.string("nat"), table.boolean("new_address", False), table.optional("every_s")
+        )
+    elif kind in ("interface-down", "interface-up"):
+        cls = InterfaceDown if kind == "interface-down" else InterfaceUp
+        event = cls(at, table.string("iface"))
+    elif kind == "address-change":
+        event = AddressChange(at, table.string("iface"), table.string("address"))
+    elif kind == "switch":
+        mode = table.string("mode", SwitchMode.BREAK_BEFORE_MAKE.value)
+        try:
+            switch_mode = SwitchMode(mode)
+        except ValueError:
+            raise InputError(
+                f"{table.where}.mode: {mode!r}; allowed: break-before-make, make-before-break"
+            ) from None
+        event = Switch(
+            at,
+            table.string("host", topology.clients[0].name if topology.clients else ""),
+            table.string("to"),
+            switch_mode,
+            table.boolean("new_cid", True),
+            table.number("gap_s", 0.0),
+            table.number("overlap_s", 1.0),
+        )
+    elif kind == "cid-rotate":
+        default_host = topology.clients[0].name if topology.clients else ""
+        event = CidRotate(at, table.string("host", default_host))
+    elif kind == "link-change":
+        link = table.string("link")
+        settings = tuple((k, table.data[k]) for k in LINK_KEYS if k in table.data)
+        if not settings:
+            raise InputError(f"{table.where}: link-change needs one of {', '.join(LINK_KEYS)}")
+        apply_link_settings(LinkProfile(), settings, table.where)  # check values now
+        event = LinkChange(at, link, tuple((k, number(v, k)) for k, v in settings))
+        table.finish(LINK_KEYS)
+        return event
+    else:
+        raise InputError(f"{table.where}.event: {kind!r}; allowed: {', '.join(EVENT_KINDS)}")
+    table.finish()
+    return event

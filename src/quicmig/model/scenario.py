@@ -1,0 +1,182 @@
+"""Scenarios: a topology, a timeline of network events, a workload and what we expect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from quicmig.errors import InputError
+from quicmig.model.topology import Topology
+
+
+class SwitchMode(Enum):
+    BREAK_BEFORE_MAKE = "break-before-make"
+    MAKE_BEFORE_BREAK = "make-before-break"
+
+
+# Timeline events. `at` is in seconds from the start of the run.
+
+
+@dataclass(frozen=True, slots=True)
+class NatRebind:
+    """The NAT forgets its mappings: the next outbound packet gets a new port (or address)."""
+
+    at: float
+    nat: str
+    new_address: bool = False  # True: a carrier-grade NAT hands out the next pool address
+    every: float | None = None  # seconds; repeat until the run ends
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceDown:
+    at: float
+    iface: str  # "host.iface"
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceUp:
+    at: float
+    iface: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddressChange:
+    """The interface's address is replaced (a DHCP renewal handing out another lease)."""
+
+    at: float
+    iface: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """The client moves its traffic to another interface (WiFi to cellular, say)."""
+
+    at: float
+    host: str
+    to: str  # interface name on `host`
+    mode: SwitchMode = SwitchMode.BREAK_BEFORE_MAKE
+    new_cid: bool = True  # RFC 9000 section 9.5: a new connection ID on a new path
+    gap: float = 0.0  # break-before-make: seconds with no usable interface
+    overlap: float = 1.0  # make-before-break: seconds the old interface keeps receiving
+
+
+@dataclass(frozen=True, slots=True)
+class CidRotate:
+    """The client switches to a fresh connection ID on the same path (RFC 9000 section 9.5)."""
+
+    at: float
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChange:
+    """A link's impairments change: loss_pct=100 is a blackhole the endpoints cannot see."""
+
+    at: float
+    link: str
+    settings: tuple[tuple[str, float], ...]  # (TOML key, value), e.g. ("loss_pct", 100.0)
+
+
+TimelineEvent = NatRebind | InterfaceDown | InterfaceUp | AddressChange | Switch | CidRotate | LinkChange
+ACTIVE_MIGRATIONS = (Switch, AddressChange)  # the client knows it moved
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """The client asks for `size` bytes; the server sends them on one stream."""
+
+    size: int = 1_000_000  # bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Messages:
+    """Request/response: `count` messages of `size` bytes, one every `interval` seconds."""
+
+    count: int = 20
+    interval: float = 0.1  # seconds
+    size: int = 100  # bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """Constant bitrate from the server, like a video call; gaps over `stall` are stalls."""
+
+    rate: float = 1e6  # bits per second
+    duration: float = 5.0  # seconds
+    chunk: int = 1200  # bytes per frame
+    stall: float = 0.2  # seconds of playout buffer: a longer gap is a stall
+
+
+Workload = Download | Messages | Stream
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    interface: str | None = None  # initial interface; None = the client's first
+    keepalive: float | None = None  # seconds between PINGs while idle; None = off
+    failover_after: float | None = None  # seconds without hearing the server, then switch
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What the scenario's author expects: the checks compare it with observation."""
+
+    verdict: str = "passed"  # passed | failed | unsupported
+    migrations: tuple[str, ...] = ()  # observed kinds in order: port_change, address_change
+    min_migrations: int | None = None  # for periodic events: at least this many
+    cid_rotations: int = 0  # connection-ID changes on an unchanged path
+    why: str = ""  # one line: why this verdict is expected
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    summary: str
+    topology: Topology
+    workload: Workload
+    timeline: tuple[TimelineEvent, ...] = ()
+    client: ClientSettings = field(default_factory=ClientSettings)
+    duration: float = 30.0  # seconds of simulated time at most
+    expect: Expectation = field(default_factory=Expectation)
+    doc: str = ""  # longer description: what happens and what to look at
+
+    def validated(self) -> Scenario:
+        topo = self.topology.validated()
+        if self.duration <= 0:
+            raise InputError(f"scenario {self.name}: duration_s must be > 0")
+        for index, event in enumerate(self.timeline):
+            where = f"timeline[{index}] ({type(event).__name__})"
+            if event.at < 0:
+                raise InputError(f"{where}.at: {event.at:g} is negative; use >= 0 seconds")
+            if event.at >= self.duration:
+                raise InputError(
+                    f"{where}.at: {event.at:g} s is at or after the end of the run "
+                    f"({self.duration:g} s); raise duration_s or move the event"
+                )
+            match event:
+                case NatRebind(nat=nat, every=every):
+                    topo.nat(nat)
+                    if every is not None and every <= 0:
+                        raise InputError(f"{where}.every: must be > 0 seconds")
+                case InterfaceDown(iface=ref) | InterfaceUp(iface=ref) | AddressChange(iface=ref):
+                    topo.split_iface(ref, where)
+                case Switch(host=host, to=to):
+                    topo.host(host).interface(to)
+                    if event.gap < 0 or event.overlap < 0:
+                        raise InputError(f"{where}: gap and overlap must be >= 0 seconds")
+                case CidRotate(host=host):
+                    topo.host(host)
+                case LinkChange(link=link):
+                    topo.link(link)
+        for client in topo.clients:
+            if self.client.interface is not None:
+                client.interface(self.client.interface)
+        match self.workload:
+            case Download(size=size) if size < 0:
+                raise InputError("workload.bytes: must be >= 0")
+            case Messages(count=count, interval=interval) if count < 1 or interval < 0:
+                raise InputError("workload: messages needs count >= 1 and interval_s >= 0")
+            case Stream(rate=rate, duration=dur, chunk=chunk) if rate <= 0 or dur <= 0 or chunk < 1:
+                raise InputError("workload: stream needs rate_mbit > 0, duration_s > 0, chunk >= 1")
+        return self

@@ -1,0 +1,44 @@
+"""Link settings as users write them (units in the key), mapped onto LinkProfile fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from quicmig.errors import InputError
+from quicmig.model.topology import LinkProfile
+
+# TOML key -> (LinkProfile field, factor from the user's unit to the field's unit)
+LINK_KEYS: dict[str, tuple[str, float]] = {
+    "delay_ms": ("delay", 1e-3),
+    "jitter_ms": ("jitter", 1e-3),
+    "loss_pct": ("loss", 1e-2),
+    "burst_len": ("burst_len", 1.0),
+    "rate_mbit": ("rate", 1e6),
+    "queue_packets": ("queue", 1.0),
+}
+
+
+def number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{where}: {value!r} is not a number")
+    return float(value)
+
+
+def apply_link_settings(
+    profile: LinkProfile, settings: Iterable[tuple[str, Any]], where: str
+) -> LinkProfile:
+    """Return `profile` with user settings applied, validated; unknown keys are errors."""
+    changes: dict[str, Any] = {}
+    for key, value in settings:
+        if key not in LINK_KEYS:
+            allowed = ", ".join(LINK_KEYS)
+            raise InputError(f"{where}.{key}: unknown link setting; allowed: {allowed}")
+        name, factor = LINK_KEYS[key]
+        if key == "rate_mbit" and value == 0:
+            changes[name] = None  # 0 = unlimited
+            continue
+        amount = number(value, f"{where}.{key}")
+        changes[name] = int(amount) if key == "queue_packets" else amount * factor
+    return replace(profile, **changes).validated(where)

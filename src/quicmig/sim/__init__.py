@@ -1,0 +1,1 @@
+"""The virtual-time simulator: real aioquic connections on modelled links and NATs."""
