@@ -14,6 +14,7 @@ what it actually sent or received: "intact" compares those two SHA-256 digests.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -255,12 +256,15 @@ class StreamClient(ClientWorkload):
         if end_stream:
             self.completed_at = now
 
-    def stalls(self) -> list[tuple[float, float]]:
-        """(start, seconds) of every gap between frames longer than the playout buffer."""
-        times = self.frame_times
-        return [
-            (a, b - a) for a, b in zip(times, times[1:], strict=False) if b - a > self.spec.stall
-        ]
+    def stalls(self, run_end: float) -> list[tuple[float, float]]:
+        """(start, seconds) of every gap between frames longer than the playout buffer.
+
+        A stream that never finished counts its silence up to `run_end` as well.
+        """
+        times = list(self.frame_times)
+        if self.completed_at is None and self.started_at is not None:
+            times = [*(times or [self.started_at]), run_end]
+        return [(a, b - a) for a, b in itertools.pairwise(times) if b - a > self.spec.stall]
 
 
 def make_workload(conn: QuicConnection, spec: Workload, seed: int) -> ClientWorkload:

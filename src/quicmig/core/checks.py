@@ -28,7 +28,8 @@ def migration_checks(
             Check(
                 "migrations-observed",
                 len(migrations) >= expect.min_migrations,
-                f"server saw {len(migrations)} migrations, expected at least {expect.min_migrations}",
+                f"server saw {len(migrations)} migrations, "
+                f"expected at least {expect.min_migrations}",
             )
         )
     else:

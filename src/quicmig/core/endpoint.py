@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TextIO
 
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -105,7 +105,9 @@ class ClientEndpoint:
     ) -> None:
         self.server = server
         self.conn = QuicConnection(configuration=configuration)
-        self._logger = configuration.quic_logger if isinstance(configuration.quic_logger, TapLogger) else None
+        self._logger = (
+            configuration.quic_logger if isinstance(configuration.quic_logger, TapLogger) else None
+        )
         self.workload: ClientWorkload = make_workload(self.conn, workload, seed)
         self.keepalive = keepalive
         self.failover_after = failover_after
@@ -337,9 +339,7 @@ class ServerEndpoint:
         while (event := server_conn.conn.next_event()) is not None:
             match event:
                 case quic_events.StreamDataReceived():
-                    server_conn.app.stream_data(
-                        event.stream_id, event.data, event.end_stream, now
-                    )
+                    server_conn.app.stream_data(event.stream_id, event.data, event.end_stream, now)
                 case quic_events.ConnectionIdIssued():
                     self._by_cid[event.connection_id] = server_conn
                 case quic_events.ConnectionIdRetired():

@@ -83,9 +83,10 @@ def _cause(mig: ObservedMigration, changes: list[NetworkChange]) -> NetworkChang
     return before[-1] if before else None
 
 
-def transfer_result(workload: ClientWorkload, server_digest: str | None) -> Transfer:
+def transfer_result(
+    workload: ClientWorkload, server_digest: str | None, run_end: float
+) -> Transfer:
     delivered = workload.delivery.total
-    common = {"started_at": workload.started_at, "completed_at": workload.completed_at}
     match workload:
         case DownloadClient():
             return Transfer(
@@ -98,7 +99,8 @@ def transfer_result(workload: ClientWorkload, server_digest: str | None) -> Tran
                     and delivered == workload.spec.size
                 ),
                 sha256=workload.digest,
-                **common,
+                started_at=workload.started_at,
+                completed_at=workload.completed_at,
             )
         case MessagesClient():
             rtts = sorted(workload.rtts.values())
@@ -115,10 +117,11 @@ def transfer_result(workload: ClientWorkload, server_digest: str | None) -> Tran
                     "rtt_max": rtts[-1] if rtts else None,
                     "rtts": [[r.sent_at, r.rtt] for r in workload.records],
                 },
-                **common,
+                started_at=workload.started_at,
+                completed_at=workload.completed_at,
             )
         case StreamClient():
-            stalls = workload.stalls()
+            stalls = workload.stalls(run_end)
             return Transfer(
                 workload="stream",
                 bytes=delivered,
@@ -132,6 +135,7 @@ def transfer_result(workload: ClientWorkload, server_digest: str | None) -> Tran
                     "longest_stall": max((length for _, length in stalls), default=0.0),
                     "stall_threshold": workload.spec.stall,
                 },
-                **common,
+                started_at=workload.started_at,
+                completed_at=workload.completed_at,
             )
     raise TypeError(f"unknown workload {workload!r}")

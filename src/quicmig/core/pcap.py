@@ -20,7 +20,7 @@ SNAPLEN = 65535  # bytes
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -56,7 +56,7 @@ class PcapWriter:
         stream.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, LINKTYPE_RAW))
         self.count = 0
 
-    def write(self, at: float, datagram: Datagram) -> None:
+    def write(self, datagram: Datagram, at: float) -> None:
         packet = ip_udp_packet(datagram)
         micros = round(at * 1e6)
         self._stream.write(

@@ -71,19 +71,19 @@ class TapTrace(QuicLoggerTrace):
             self._events.append({"data": data, "name": f"{category}:{event}", "time": now * 1e3})
         if self.observer is None:
             return
-        if event == "packet_received":
-            # The frames list is filled in while aioquic parses the payload: read it later.
-            self._received.append((now, data))
-        elif event == "packet_sent":
+        if event == "packet_sent":
             self._unflushed.append((now, data))
         elif event == "datagrams_sent":
             # aioquic logs a flush's packets, then its datagrams, all for one address.
             if self._unflushed:
                 self._sent_groups.append(self._unflushed)
-                self._group_datagrams.append(0)
+                self._group_datagrams.append(1)
                 self._unflushed = []
-            if self._group_datagrams:
+            elif self._group_datagrams:
                 self._group_datagrams[-1] += 1
+        elif event == "packet_received":
+            # The frames list is filled in while aioquic parses the payload: read it later.
+            self._received.append((now, data))
         elif category == "recovery":
             self.observer.on_recovery(now, event, data)
 

@@ -145,36 +145,42 @@ class MigrationTracker:
         self._dcid = packet.dcid
 
     def on_packets_sent(self, packets: list[Packet]) -> None:
+        current = self.migrations[-1] if self.migrations else None
         for packet in packets:
             peer = packet.peer
             self.datagrams_to[peer] = self.datagrams_to.get(peer, 0) + packet.length
             first_to_peer = peer not in self._sent_to
             self._sent_to.add(peer)
-            current = self.migrations[-1] if self.migrations else None
-            if (
-                current is not None
-                and peer == current.new_peer
-                and current.first_packet_to_peer_at is None
-            ):
-                current.first_packet_to_peer_at = packet.at
-                current.first_packet_had_challenge = bool(_frames(packet, "path_challenge"))
-            for frame in _frames(packet, "path_challenge"):
-                challenge = Challenge(packet.at, peer, frame["data"], first_to_peer)
-                self._challenges[challenge.data] = challenge
-                if current is not None and peer == current.new_peer:
-                    current.challenges.append(challenge)
+            on_new_path = current is not None and peer == current.new_peer
+            has_challenge = False
+            for frame in packet.frames:
+                kind = frame["frame_type"]
+                if kind == "stream":
+                    self._on_stream_sent(packet.at, frame)
+                elif kind == "path_challenge":
+                    has_challenge = True
+                    challenge = Challenge(packet.at, peer, frame["data"], first_to_peer)
+                    self._challenges[challenge.data] = challenge
+                    if current is not None and on_new_path:
+                        current.challenges.append(challenge)
+            if current is not None and on_new_path:
+                if current.first_packet_to_peer_at is None:
+                    current.first_packet_to_peer_at = packet.at
+                    current.first_packet_had_challenge = has_challenge
+                if current.server_dcid_after is None and packet.packet_type == "1RTT":
+                    current.server_dcid_after = packet.dcid
             if packet.packet_type == "1RTT":
-                if current is not None and peer == current.new_peer:
-                    if current.server_dcid_after is None and packet.dcid:
-                        current.server_dcid_after = packet.dcid
                 self._server_dcid = packet.dcid
-            for frame in _frames(packet, "stream"):
-                end = frame["offset"] + frame["length"]
-                highest = self._stream_sent.get(frame["stream_id"], 0)
-                if frame["offset"] < highest:
-                    self.retransmitted.append((packet.at, min(end, highest) - frame["offset"]))
-                if end > highest:
-                    self._stream_sent[frame["stream_id"]] = end
+
+    def _on_stream_sent(self, at: float, frame: dict[str, Any]) -> None:
+        """Count stream bytes sent below the highest offset already sent: retransmissions."""
+        offset, stream_id = frame["offset"], frame["stream_id"]
+        end = offset + frame["length"]
+        highest = self._stream_sent.get(stream_id, 0)
+        if offset < highest:
+            self.retransmitted.append((at, min(end, highest) - offset))
+        if end > highest:
+            self._stream_sent[stream_id] = end
 
     def on_recovery(self, at: float, name: str, data: dict[str, Any]) -> None:
         if name == "packet_lost":

@@ -44,7 +44,9 @@ TOPOLOGY_SHORTCUTS = ("hosts", "links", "nats", "server")
 
 def builtin_names() -> list[str]:
     folder = resources.files("quicmig") / "scenarios"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def builtin_text(name: str) -> str:
@@ -74,7 +76,9 @@ def read_tree(name_or_path: str) -> Tree:
 
 def topology_names() -> list[str]:
     folder = resources.files("quicmig") / "topologies"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def _expand_topology(tree: Tree) -> Tree:
@@ -83,7 +87,9 @@ def _expand_topology(tree: Tree) -> Tree:
     if isinstance(name, str):
         if name not in topology_names():
             known = ", ".join(topology_names())
-            raise InputError(f"topology: unknown {name!r}; shipped topologies: {known} (or a table)")
+            raise InputError(
+                f"topology: unknown {name!r}; shipped topologies: {known} (or a table)"
+            )
         text = (resources.files("quicmig") / "topologies" / f"{name}.toml").read_text()
         tree["topology"] = tomllib.loads(text)
     return tree
@@ -192,7 +198,9 @@ class _Table:
         extra = set(self.data) - self.used - set(allowed)
         if extra:
             known = ", ".join(sorted(self.used | set(allowed)))
-            raise InputError(f"{self.where or 'scenario'}.{sorted(extra)[0]}: unknown key; allowed: {known}")
+            raise InputError(
+                f"{self.where or 'scenario'}.{sorted(extra)[0]}: unknown key; allowed: {known}"
+            )
 
 
 def scenario_from_tree(tree: Tree, default_name: str = "custom") -> Scenario:
@@ -242,7 +250,10 @@ def _topology(table: _Table) -> Topology:
                 name=nat_name,
                 external=nat_table.strings("external"),
                 idle_timeout=nat_table.number("idle_timeout_s", 30.0),
-                port_range=(nat_table.integer("port_low", low), nat_table.integer("port_high", high)),
+                port_range=(
+                    nat_table.integer("port_low", low),
+                    nat_table.integer("port_high", high),
+                ),
             )
         )
         nat_table.finish()

@@ -78,7 +78,9 @@ class LinkChange:
     settings: tuple[tuple[str, float], ...]  # (TOML key, value), e.g. ("loss_pct", 100.0)
 
 
-TimelineEvent = NatRebind | InterfaceDown | InterfaceUp | AddressChange | Switch | CidRotate | LinkChange
+TimelineEvent = (
+    NatRebind | InterfaceDown | InterfaceUp | AddressChange | Switch | CidRotate | LinkChange
+)
 ACTIVE_MIGRATIONS = (Switch, AddressChange)  # the client knows it moved
 
 

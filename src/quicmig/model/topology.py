@@ -135,7 +135,9 @@ class Topology:
         for link in self.links:
             if link.a == f"{host}.{iface}":
                 return link
-        raise InputError(f"interface {host}.{iface} has no link; add a link with a = \"{host}.{iface}\"")
+        raise InputError(
+            f'interface {host}.{iface} has no link; add a link with a = "{host}.{iface}"'
+        )
 
     def split_iface(self, ref: str, where: str) -> tuple[Host, Interface]:
         """Resolve "host.iface" to its objects, or raise InputError naming `where`."""
@@ -185,11 +187,9 @@ class Topology:
         for link in self.links:
             self.split_iface(link.a, f"link {link.name}.a")
             if link.b != INTERNET and link.b not in nat_names:
-                raise InputError(
-                    f"link {link.name}.b: {link.b!r} is neither a NAT nor \"internet\""
-                )
+                raise InputError(f'link {link.name}.b: {link.b!r} is neither a NAT nor "internet"')
             link.profile.validated(f"link {link.name}")
         server_links = [lk for lk in self.links if lk.a.startswith(self.server + ".")]
         if any(lk.b != INTERNET for lk in server_links):
-            raise InputError(f"host {self.server!r}: the server must be linked to \"internet\"")
+            raise InputError(f'host {self.server!r}: the server must be linked to "internet"')
         return self

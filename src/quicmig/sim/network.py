@@ -52,11 +52,15 @@ class Network:
         self.down: dict[str, Pipe] = {}  # link name -> pipe towards the host interface
         self._link_end: dict[str, str] = {}  # link name -> NAT name or INTERNET
         self._pipe_link: dict[int, tuple[str, bool]] = {}  # id(pipe) -> (link, is_up)
-        self.nats = {nat.name: NatBox(nat, derive_rng(seed, f"nat/{nat.name}")) for nat in topology.nats}
+        self.nats = {
+            nat.name: NatBox(nat, derive_rng(seed, f"nat/{nat.name}")) for nat in topology.nats
+        }
         self.interfaces: dict[str, InterfaceState] = {}
         for link in topology.links:
             up = Pipe(f"{link.name}/up", link.profile, derive_rng(seed, f"link/{link.name}/up"))
-            down = Pipe(f"{link.name}/down", link.profile, derive_rng(seed, f"link/{link.name}/down"))
+            down = Pipe(
+                f"{link.name}/down", link.profile, derive_rng(seed, f"link/{link.name}/down")
+            )
             self.up[link.name], self.down[link.name] = up, down
             self._pipe_link[id(up)] = (link.name, True)
             self._pipe_link[id(down)] = (link.name, False)
@@ -159,4 +163,3 @@ class Network:
     def tap_interface(self, ref: str, tap: Callable[[Datagram, float], None]) -> None:
         """Call `tap(datagram, now)` for every datagram sent or received on interface `ref`."""
         self._iface_taps.setdefault(ref, []).append(tap)
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable
@@ -188,17 +189,17 @@ class Simulation:
         """`node` received something: let it send at this instant."""
         self._dirty[id(node)] = node
 
-    def _service(self, node: SimClient | SimServer) -> None:
+    def _service(self, node: SimClient | SimServer, handled: bool = False) -> None:
         node.service(self.scheduler.now)
-        self.scheduler.arm(node)
+        self.scheduler.arm(node, handled)
 
     def run(self) -> Result:
         started = time.perf_counter()
         sched = self.scheduler
         for client in self.clients:
-            sched.call_at(0.0, lambda c=client: self._connect(c))
+            sched.call_at(0.0, functools.partial(self._connect, client))
         for event in self.scenario.timeline:
-            sched.call_at(event.at, lambda e=event: self._apply(e))
+            sched.call_at(event.at, functools.partial(self._apply, event))
         duration = self.scenario.duration
         progress = self.options.progress
         next_progress = 0.0
@@ -213,7 +214,7 @@ class Simulation:
                 sched.arm(item)
             elif isinstance(item, SimClient | SimServer):
                 item.handle_timer(now)
-                self._service(item)
+                self._service(item, handled=True)
             else:
                 assert callable(item)
                 item()
@@ -276,7 +277,7 @@ class Simulation:
                         client.bind(client.iface, port=client.local[1])
                         client.endpoint.migrate(now, new_cid=True)
                         self._service(client)
-            case Switch(host=host, to=to):
+            case Switch(host=host):
                 self._switch(self._client_on(host), event)
             case CidRotate(host=host):
                 client = self._client_on(host)
@@ -285,7 +286,9 @@ class Simulation:
                 self._service(client)
             case LinkChange(link=link, settings=settings):
                 lk = self.scenario.topology.link(link)
-                profile = apply_link_settings(self.network.up[link].profile, settings, f"link {lk.name}")
+                profile = apply_link_settings(
+                    self.network.up[link].profile, settings, f"link {lk.name}"
+                )
                 self.network.set_link_profile(link, profile)
                 self._record(
                     "link-change", f"{link}: " + ", ".join(f"{k}={v:g}" for k, v in settings)
@@ -355,9 +358,11 @@ class Simulation:
             digest = None
             if server_conn is not None:
                 digest = next(iter(server_conn.app.sent_digests.values()), None)
-            transfers.append(transfer_result(workload, digest))
+            transfers.append(transfer_result(workload, digest, run_end))
             if server_conn is None:
-                checks.append(Check("handshake", False, f"client {index}: no connection reached the server"))
+                checks.append(
+                    Check("handshake", False, f"client {index}: no connection reached the server")
+                )
                 continue
             tracker = server_conn.tracker
             migrations += migration_results(
@@ -369,8 +374,14 @@ class Simulation:
             answered += sum(c.answered_at is not None for c in tracker.challenges)
             if index == 0:
                 series = Series(
-                    delivered=list(zip(workload.delivery.times, workload.delivery.totals, strict=True)),
-                    rtt=[(s.at, s.smoothed_rtt) for s in tracker.recovery if s.smoothed_rtt is not None],
+                    delivered=list(
+                        zip(workload.delivery.times, workload.delivery.totals, strict=True)
+                    ),
+                    rtt=[
+                        (s.at, s.smoothed_rtt)
+                        for s in tracker.recovery
+                        if s.smoothed_rtt is not None
+                    ],
                     cwnd=[(s.at, s.cwnd) for s in tracker.recovery if s.cwnd is not None],
                 )
         transfer = transfers[0] if len(transfers) == 1 else _combine(transfers)

@@ -21,6 +21,12 @@ class Timed(Protocol):
     def handle_timer(self, now: float) -> None: ...
 
 
+# seconds: a timer that was just handled but still reports itself due fires again this much
+# later. aioquic computes a loss time as `sent + delay` and then tests `sent <= now - delay`,
+# which floating point can round the wrong way; a real clock would have moved on.
+RESOLUTION = 1e-6
+
+
 class Scheduler:
     """Runs callbacks and component timers in virtual time; nothing here reads a clock."""
 
@@ -34,18 +40,19 @@ class Scheduler:
         """Run `callback()` at virtual time `when` (never in the past)."""
         heapq.heappush(self._queue, (max(when, self.now), next(self._sequence), callback))
 
-    def arm(self, component: Timed) -> None:
+    def arm(self, component: Timed, handled: bool = False) -> None:
         """Read `component.get_timer()` and make sure its timer fires then.
 
-        Call this after anything that may move a component's timer. An earlier entry for
-        the same component becomes stale and is skipped when it comes up.
+        Call this after anything that may move a component's timer, with `handled=True`
+        right after its `handle_timer(now)`. An earlier entry for the same component
+        becomes stale and is skipped when it comes up.
         """
         when = component.get_timer()
         key = id(component)
         if when is None:
             self._armed.pop(key, None)
             return
-        when = max(when, self.now)
+        when = max(when, self.now + RESOLUTION) if handled else max(when, self.now)
         if self._armed.get(key) == when:
             return
         self._armed[key] = when

@@ -1,0 +1,1 @@
+"""Subcommands of the `quicmig` command line; each module has `register(subparsers)`."""

@@ -1,0 +1,40 @@
+"""`quicmig scenarios`: list the built-in scenarios, or show one as TOML."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from quicmig.model.loader import builtin_names, builtin_text, load_scenario
+from quicmig.report.table import make_console
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "scenarios",
+        help="list the built-in scenarios",
+        description="List the built-in scenarios with one line each, or print one as TOML "
+        "(a starting point for a custom scenario file).",
+    )
+    parser.add_argument(
+        "--show", metavar="NAME", help="print scenario NAME as TOML, with its notes"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = make_console()
+    if args.show:
+        text = builtin_text(args.show)
+        print(text, end="")
+        return 0
+    table = Table(title="Built-in scenarios (quicmig run NAME; quicmig scenarios --show NAME)")
+    table.add_column("name", style="bold")
+    table.add_column("expected")
+    table.add_column("what happens")
+    for name in builtin_names():
+        scenario = load_scenario(name)
+        table.add_row(name, scenario.expect.verdict, scenario.summary)
+    console.print(table)
+    return 0

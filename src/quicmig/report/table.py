@@ -1,0 +1,158 @@
+"""Terminal tables for results, with rich."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from quicmig.core.results import Result
+
+PIPE_WIDTH = 120  # columns when printing to a file or pipe, where rich would assume 80
+
+
+def make_console() -> Console:
+    """A console for stdout: the terminal's width, or PIPE_WIDTH columns when redirected."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPE_WIDTH)
+
+
+VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "unsupported": "bold yellow"}
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.3f} s"
+
+
+def _new_peer(old: str, new: str) -> str:
+    """For a port change, only the new port: the address is the same."""
+    old_host, new_host = old.rpartition(":")[0], new.rpartition(":")[0]
+    return f":{new.rpartition(':')[2]}" if old_host == new_host else new
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e3:.1f} kB" if count >= 1000 else f"{count} B"
+
+
+def migrations_table(result: Result) -> Table:
+    table = Table(title="Migrations observed by the server", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("network change")
+    table.add_column("server saw")
+    table.add_column("after", justify="right")
+    table.add_column("challenge RTT", justify="right")
+    table.add_column("new DCID")
+    table.add_column("gap", justify="right")
+    table.add_column("lost / retx", justify="right")
+    for index, mig in enumerate(result.migrations, 1):
+        change = (
+            "-"
+            if mig.network_change_at is None
+            else f"{mig.network_change} @ {_s(mig.network_change_at)}"
+        )
+        rtt = _ms(mig.validation_rtt) if mig.validated_at is not None else "[red]never[/red]"
+        table.add_row(
+            str(index),
+            change,
+            f"{mig.observed.replace('_', ' ')}\n"
+            f"{mig.old_peer} → {_new_peer(mig.old_peer, mig.new_peer)}",
+            _ms(mig.detection_delay),
+            rtt,
+            "yes" if mig.cid_changed else "no",
+            _ms(mig.interruption),
+            f"{mig.lost_packets} / {_size(mig.retransmitted_bytes)}",
+        )
+    return table
+
+
+def checks_table(result: Result) -> Table:
+    table = Table(title="Checks", title_justify="left")
+    table.add_column("")
+    table.add_column("check")
+    table.add_column("observed")
+    for check in result.checks:
+        mark = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]?[/yellow]"}[
+            check.passed
+        ]
+        table.add_row(mark, check.name, check.detail)
+    return table
+
+
+def verdict_text(result: Result) -> str:
+    style = VERDICT_STYLE[result.verdict.value]
+    text = f"[{style}]{result.verdict.value.upper()}[/{style}]"
+    if not result.as_expected:
+        text += f" [bold red](expected {result.expected_verdict})[/bold red]"
+    elif result.verdict.value != "passed":
+        text += " (as expected)"
+    return text
+
+
+def print_result(console: Console, result: Result, why: str = "") -> None:
+    transfer = result.transfer
+    sim = result.stats.get("simulated_seconds", 0.0)
+    console.print(
+        f"[bold]{result.scenario}[/bold]  seed {result.seed}  backend {result.backend}  "
+        f"{transfer.workload}: {transfer.bytes} bytes, "
+        + ("intact" if transfer.intact else "[red]not intact[/red]")
+        + (f", done at {_s(transfer.completed_at)}" if transfer.completed_at is not None else "")
+    )
+    if result.migrations:
+        console.print(migrations_table(result))
+    else:
+        console.print("No migration observed by the server.")
+    if result.cid_rotations:
+        times = ", ".join(_s(t) for t in result.cid_rotations)
+        console.print(f"Connection ID changes on an unchanged path at: {times}")
+    console.print(checks_table(result))
+    console.print(
+        f"Verdict: {verdict_text(result)}"
+        + (f" — {why}" if why and result.verdict.value != "passed" else "")
+    )
+    wall = result.wall.get("seconds", 0.0)
+    if wall:
+        console.print(
+            f"[dim]{sim:.3f} s simulated in {wall:.2f} s wall "
+            f"({result.wall.get('speedup', 0.0):.1f}x real time, "
+            f"{result.wall.get('datagrams_per_second', 0.0):,.0f} datagrams/s)[/dim]"
+        )
+    for kind, path in result.files.items():
+        console.print(f"[dim]{kind}: {path}[/dim]")
+
+
+def summary_table(results: list[Result]) -> Table:
+    table = Table(title="Scenarios", title_justify="left")
+    for column in (
+        "scenario",
+        "verdict",
+        "expected",
+        "migrations",
+        "validation RTT",
+        "interruption",
+        "transfer",
+        "sim time",
+        "wall",
+    ):
+        table.add_column(column)
+    for result in results:
+        kinds = ", ".join(m.observed.replace("_change", "") for m in result.migrations) or "-"
+        rtts = [m.validation_rtt for m in result.migrations if m.validation_rtt is not None]
+        gaps = [m.interruption for m in result.migrations if m.interruption is not None]
+        style = VERDICT_STYLE[result.verdict.value]
+        table.add_row(
+            result.scenario,
+            f"[{style}]{result.verdict.value}[/{style}]",
+            result.expected_verdict
+            if result.as_expected
+            else f"[bold red]{result.expected_verdict}[/bold red]",
+            kinds,
+            _ms(max(rtts)) if rtts else "-",
+            _ms(max(gaps)) if gaps else "-",
+            "intact" if result.transfer.intact else "[red]incomplete[/red]",
+            _s(result.stats.get("simulated_seconds")),
+            f"{result.wall.get('seconds', 0.0):.2f} s",
+        )
+    return table
