@@ -161,11 +161,16 @@ class ClientEndpoint:
     def get_timer(self) -> float | None:
         if self.closed is not None:
             return None
-        timers = [self.conn.get_timer(), self._keepalive_at(), self._failover_at()]
-        if self.handshake_at is not None and not self.workload.done:
-            timers.append(self.workload.get_timer())
-        due = min((t for t in timers if t is not None), default=math.inf)
+        due = self.conn.get_timer()
+        for timer in (self._keepalive_at(), self._failover_at(), self._workload_timer()):
+            if timer is not None and (due is None or timer < due):
+                due = timer
         return None if due == math.inf else due
+
+    def _workload_timer(self) -> float | None:
+        if self.handshake_at is None or self.workload.done:
+            return None
+        return self.workload.get_timer()
 
     def next_event(self) -> EndpointEvent | None:
         return self._events.popleft() if self._events else None

@@ -69,7 +69,7 @@ def read_tree(name_or_path: str) -> Tree:
         text = builtin_text(name_or_path)
         source = name_or_path
     try:
-        return _expand_topology(tomllib.loads(text))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{source}: malformed TOML: {exc}") from None
 
@@ -134,7 +134,7 @@ def _child(node: Any, part: str, key: str, item: str) -> Any:
 
 
 def load_scenario(name_or_path: str, overrides: Iterable[str] = ()) -> Scenario:
-    tree = apply_overrides(read_tree(name_or_path), overrides)
+    tree = apply_overrides(_expand_topology(read_tree(name_or_path)), overrides)
     return scenario_from_tree(tree, default_name=Path(name_or_path).stem)
 
 
@@ -204,7 +204,7 @@ class _Table:
 
 
 def scenario_from_tree(tree: Tree, default_name: str = "custom") -> Scenario:
-    root = _Table(tree, "")
+    root = _Table(_expand_topology(tree), "")
     name = root.string("name", default_name)
     topology = _topology(root.table("topology"))
     scenario = Scenario(

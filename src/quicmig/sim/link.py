@@ -59,7 +59,7 @@ class Pipe:
         # length 1/r, and a stationary loss rate p / (p + r) equal to profile.loss.
         self._leave_bad = 1.0 / profile.burst_len
         if profile.loss >= 1.0:
-            self._enter_bad = 1.0
+            self._enter_bad, self._leave_bad = 1.0, 0.0  # a blackhole: never leave "bad"
         else:
             self._enter_bad = profile.loss * self._leave_bad / (1.0 - profile.loss)
 

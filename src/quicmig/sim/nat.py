@@ -88,12 +88,13 @@ class NatBox:
         if mapping.state is Binding.ACTIVE and now - mapping.last_outbound >= self.nat.idle_timeout:
             self._step(mapping, NatInput.IDLE_TIMEOUT)
 
-    def _allocate(self, inside: Address, now: float) -> Mapping:
+    def _allocate(self, inside: Address, now: float, stale: Address | None = None) -> Mapping:
+        """A new mapping; never on `stale` (the expired one), or a rebinding would not move."""
         low, high = self.nat.port_range
         ip = self.external_address
         while True:
             outside = (ip, self._rng.randint(low, high))
-            if outside not in self._by_outside:
+            if outside not in self._by_outside and (outside != stale or low == high):
                 break
         mapping = Mapping(inside, outside, now)
         self._by_inside[inside] = mapping
@@ -117,9 +118,11 @@ class NatBox:
         if mapping is not None:
             self._expire_idle(mapping, now)
         if mapping is None or mapping.state is not Binding.ACTIVE:
+            stale = None
             if mapping is not None:
-                del self._by_outside[mapping.outside]
-            mapping = self._allocate(datagram.src, now)
+                stale = mapping.outside
+                del self._by_outside[stale]
+            mapping = self._allocate(datagram.src, now, stale)
         else:
             self._step(mapping, NatInput.OUTBOUND)
         mapping.last_outbound = now

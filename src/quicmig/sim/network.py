@@ -103,8 +103,10 @@ class Network:
         self._enter(self.up[iface.link], datagram, now)
 
     def _enter(self, pipe: Pipe, datagram: Datagram, now: float) -> None:
+        idle = pipe.get_timer() is None
         pipe.receive_datagram(datagram, now)
-        self._on_arm(pipe)
+        if idle:  # a busy pipe keeps its FIFO head, so its timer cannot have moved
+            self._on_arm(pipe)
 
     def pipe_output(self, pipe: Pipe, now: float) -> None:
         """Forward what `pipe` delivered by `now` to its next hop."""

@@ -327,7 +327,9 @@ class Simulation:
         for iface in host.interfaces:
             ref = f"{client.host}.{iface.name}"
             if iface.name != client.iface and self.network.interface(ref).up:
-                self._record("failover", f"{client.host}: {client.iface} -> {iface.name}")
+                self._record(
+                    "failover", f"{client.host}: {client.iface} -> {iface.name}", active=True
+                )
                 client.unbind(client.ref, client.local)
                 client.bind(iface.name)
                 client.endpoint.migrate(now, new_cid=True)
