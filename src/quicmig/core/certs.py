@@ -46,9 +46,16 @@ class CertificateSet:
 
 
 def make_certificates(
-    names: tuple[str, ...] = DEFAULT_NAMES, ips: tuple[str, ...] = DEFAULT_IPS
+    names: tuple[str, ...] = DEFAULT_NAMES,
+    ips: tuple[str, ...] = DEFAULT_IPS,
+    serials: tuple[int, int] | None = None,
 ) -> CertificateSet:
-    """A fresh CA and a server certificate for `names` and `ips`, signed by that CA."""
+    """A fresh CA and a server certificate for `names` and `ips`, signed by that CA.
+
+    Serial numbers are random unless `serials` (CA, server) are given: a random serial's DER
+    length varies by a byte, which would change handshake sizes between simulated runs.
+    """
+    ca_serial, serial = serials or (x509.random_serial_number(), x509.random_serial_number())
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ed25519.Ed25519PrivateKey.generate()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "quicmig local CA")])
@@ -57,7 +64,7 @@ def make_certificates(
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(ca_serial)
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -85,7 +92,7 @@ def make_certificates(
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial)
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
@@ -98,4 +105,4 @@ def make_certificates(
 @cache
 def simulation_certificates() -> CertificateSet:
     """One certificate set per process for simulated runs (made once, in memory)."""
-    return make_certificates()
+    return make_certificates(serials=(1, 2))

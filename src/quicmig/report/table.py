@@ -125,8 +125,8 @@ def print_result(console: Console, result: Result, why: str = "") -> None:
 
 def summary_table(results: list[Result]) -> Table:
     table = Table(title="Scenarios", title_justify="left")
+    table.add_column("scenario", no_wrap=True)
     for column in (
-        "scenario",
         "verdict",
         "expected",
         "migrations",
