@@ -73,6 +73,7 @@ class Network:
                     host.name, iface.name, list(iface.addresses), iface.up, link.name
                 )
         self._iface_of_link = {i.link: ref for ref, i in self.interfaces.items()}
+        self._routes: dict[str, tuple[NatBox | None, str | None]] = {}  # ip -> (NAT, link)
         self._iface_taps: dict[str, list[Callable[[Datagram, float], None]]] = {}
 
     @property
@@ -87,6 +88,11 @@ class Network:
 
     def unbind(self, ref: str, addr: Address) -> None:
         self.interfaces[ref].receivers.pop(addr, None)
+
+    def set_address(self, ref: str, address: str) -> None:
+        """Replace the primary address of interface `ref` (a DHCP renewal, say)."""
+        self.interfaces[ref].addresses[0] = address
+        self._routes.clear()
 
     def set_link_profile(self, link: str, profile: LinkProfile) -> None:
         self.up[link].profile = profile
@@ -139,17 +145,27 @@ class Network:
                 return iface.link
         return None
 
+    def _route(self, ip: str) -> tuple[NatBox | None, str | None]:
+        """Where the core sends datagrams for `ip`: the NAT owning it, or a host's link."""
+        route = self._routes.get(ip)
+        if route is None:
+            route = next(((nat, None) for nat in self.nats.values() if nat.owns(ip)), (None, None))
+            if route[0] is None:
+                for iface in self.interfaces.values():
+                    if ip in iface.addresses and self._link_end[iface.link] == INTERNET:
+                        route = (None, iface.link)
+                        break
+            self._routes[ip] = route
+        return route
+
     def _core(self, datagram: Datagram, now: float) -> None:
-        ip = datagram.dst[0]
-        for nat in self.nats.values():
-            if nat.owns(ip):
-                self._through_nat(nat, datagram, now)
-                return
-        for iface in self.interfaces.values():
-            if ip in iface.addresses and self._link_end[iface.link] == INTERNET:
-                self._enter(self.down[iface.link], datagram, now)
-                return
-        self.stats.unroutable += 1
+        nat, link = self._route(datagram.dst[0])
+        if nat is not None:
+            self._through_nat(nat, datagram, now)
+        elif link is not None:
+            self._enter(self.down[link], datagram, now)
+        else:
+            self.stats.unroutable += 1
 
     def _arrive(self, link: str, datagram: Datagram, now: float) -> None:
         ref = self._iface_of_link[link]

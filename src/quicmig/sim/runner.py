@@ -114,6 +114,7 @@ class SimClient:
                     self.done_at = now
                     self.endpoint.close()
                     self.sim.mark(self)
+                    self.sim.client_done(now)
                 case FailoverNeeded():
                     self.sim.failover(self, now)
 
@@ -153,6 +154,7 @@ class Simulation:
         self.network = Network(scenario.topology, self.seed, self.scheduler.arm)
         self.changes: list[NetworkChange] = []
         self._dirty: dict[int, SimClient | SimServer] = {}
+        self._end = scenario.duration  # seconds: shortened once every client is done
         keep = options.qlog_dir is not None
         self.server_logger = TapLogger(keep=keep)
         self.client_logger = TapLogger(keep=keep) if keep else None
@@ -185,6 +187,11 @@ class Simulation:
 
     # --- engine -------------------------------------------------------------------------
 
+    def client_done(self, now: float) -> None:
+        """Once every client is done, run on only long enough for CONNECTION_CLOSE to land."""
+        if all(c.done_at is not None for c in self.clients):
+            self._end = min(self._end, now + LINGER)
+
     def mark(self, node: SimClient | SimServer) -> None:
         """`node` received something: let it send at this instant."""
         self._dirty[id(node)] = node
@@ -203,9 +210,8 @@ class Simulation:
         duration = self.scenario.duration
         progress = self.options.progress
         next_progress = 0.0
-        end = duration
         while True:
-            item = sched.step(end)
+            item = sched.step(self._end)
             if item is None:
                 break
             now = sched.now
@@ -221,12 +227,10 @@ class Simulation:
             while self._dirty:
                 _, node = self._dirty.popitem()
                 self._service(node)
-            if all(c.done_at is not None for c in self.clients):
-                end = min(end, max(c.done_at or 0.0 for c in self.clients) + LINGER)
             if progress is not None and now >= next_progress:
                 progress(now, duration)
                 next_progress = now + duration / 100
-        run_end = min(sched.now, end)
+        run_end = min(sched.now, self._end)
         wall = time.perf_counter() - started
         return self._result(run_end, wall)
 
@@ -265,9 +269,8 @@ class Simulation:
                 self.network.interface(ref).up = True
                 self._record("interface-up", ref)
             case AddressChange(iface=ref, address=address):
-                state = self.network.interface(ref)
-                old = state.addresses[0]
-                state.addresses[0] = address
+                old = self.network.interface(ref).addresses[0]
+                self.network.set_address(ref, address)
                 self._record("address-change", f"{ref}: {old} -> {address}", active=True)
                 for client in self.clients:
                     if client.ref == ref:
