@@ -14,9 +14,8 @@ from aioquic.quic.connection import QuicConnection
 
 from quicmig.core.app import content
 from quicmig.core.certs import simulation_certificates
-from quicmig.core.endpoint import client_configuration
+from quicmig.core.endpoint import client_configuration, server_configuration
 from quicmig.core.tap import TapLogger
-from quicmig.core.endpoint import server_configuration
 
 CLIENT = ("192.0.2.10", 50000)
 SERVER = ("203.0.113.10", 4433)
@@ -49,7 +48,11 @@ def bare_download(size: int, seed: int = 1) -> tuple[int, str]:
             moved = True
         if server is not None:
             while (event := server.next_event()) is not None:
-                if isinstance(event, events.StreamDataReceived) and event.end_stream and not answered:
+                if (
+                    isinstance(event, events.StreamDataReceived)
+                    and event.end_stream
+                    and not answered
+                ):
                     server.send_stream_data(event.stream_id, content(size, seed), end_stream=True)
                     answered = True
             for data, _ in server.datagrams_to_send(now=now):
@@ -59,14 +62,16 @@ def bare_download(size: int, seed: int = 1) -> tuple[int, str]:
         while (event := client.next_event()) is not None:
             if isinstance(event, events.HandshakeCompleted) and not requested:
                 stream_id = client.get_next_available_stream_id()
-                client.send_stream_data(stream_id, f"DOWNLOAD {size} {seed}\n".encode(), end_stream=True)
+                client.send_stream_data(
+                    stream_id, f"DOWNLOAD {size} {seed}\n".encode(), end_stream=True
+                )
                 requested = True
             elif isinstance(event, events.StreamDataReceived):
                 digest.update(event.data)
                 received += len(event.data)
         if not moved:
-            timers = [t for t in (client.get_timer(), server and server.get_timer()) if t is not None]
-            now = max(now, min(timers))
+            timers = [client.get_timer(), server.get_timer() if server else None]
+            now = max(now, min(t for t in timers if t is not None))
             client.handle_timer(now=now)
             if server is not None:
                 server.handle_timer(now=now)

@@ -7,11 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from quicmig import __version__
+from quicmig.commands import demo as demo_command
 from quicmig.commands import run as run_command
 from quicmig.commands import scenarios as scenarios_command
 from quicmig.errors import QuicmigError
 
-COMMANDS = (scenarios_command, run_command)
+COMMANDS = (scenarios_command, run_command, demo_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,6 +97,7 @@ def _expand_topology(tree: Tree) -> Tree:
 
 def apply_overrides(tree: Tree, overrides: Iterable[str]) -> Tree:
     """Apply `key=value` strings (dotted keys, TOML values) to `tree`, in place."""
+    _expand_topology(tree)
     for item in overrides:
         key, eq, raw = item.partition("=")
         if not eq or not key:

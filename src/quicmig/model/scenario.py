@@ -150,10 +150,10 @@ class Scenario:
         for index, event in enumerate(self.timeline):
             where = f"timeline[{index}] ({type(event).__name__})"
             if event.at < 0:
-                raise InputError(f"{where}.at: {event.at:g} is negative; use >= 0 seconds")
+                raise InputError(f"{where}.at_s: {event.at:g} is negative; use >= 0 seconds")
             if event.at >= self.duration:
                 raise InputError(
-                    f"{where}.at: {event.at:g} s is at or after the end of the run "
+                    f"{where}.at_s: {event.at:g} s is at or after the end of the run "
                     f"({self.duration:g} s); raise duration_s or move the event"
                 )
             match event:
@@ -164,7 +164,10 @@ class Scenario:
                 case InterfaceDown(iface=ref) | InterfaceUp(iface=ref) | AddressChange(iface=ref):
                     topo.split_iface(ref, where)
                 case Switch(host=host, to=to):
-                    topo.host(host).interface(to)
+                    try:
+                        topo.host(host).interface(to)
+                    except InputError as exc:
+                        raise InputError(f"{where}.to: {exc}") from None
                     if event.gap < 0 or event.overlap < 0:
                         raise InputError(f"{where}: gap and overlap must be >= 0 seconds")
                 case CidRotate(host=host):

@@ -46,6 +46,14 @@ class LinkProfile:
             )
         if self.burst_len < 1:
             raise InputError(f"{where}.burst_len: {self.burst_len:g} is below 1; use >= 1")
+        # Gilbert-Elliott enters the lossy state at most every packet, so its stationary loss
+        # p / (p + 1/burst_len) is at most burst_len / (burst_len + 1) short of a blackhole.
+        ceiling = self.burst_len / (self.burst_len + 1)
+        if self.burst_len > 1 and ceiling < self.loss < 1.0:
+            raise InputError(
+                f"{where}.loss_pct: {self.loss * 100:g} is above {ceiling * 100:.4g}, the most a "
+                f"burst_len of {self.burst_len:g} can give; raise burst_len or use loss_pct = 100"
+            )
         if self.rate is not None and self.rate <= 0:
             raise InputError(f"{where}.rate_mbit: must be > 0 (omit it for no limit)")
         if self.queue < 1:

@@ -1,0 +1,291 @@
+"""The demo's flow: topics as text, scenarios run step by step in the simulator, and a menu.
+
+`interactive=False` never reads the keyboard (tests, CI, pipes): every pause is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.prompt import Prompt
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from quicmig.core.datagram import format_address
+from quicmig.core.results import MigrationResult, Result
+from quicmig.demo.content import INTRO, STORIES, TOPICS, TUTORIAL_ORDER, Topic, story
+from quicmig.demo.diagram import TIMES, diagram, foci
+from quicmig.demo.observe import Observation, observe
+from quicmig.model.loader import builtin_names, load_scenario
+from quicmig.model.scenario import Scenario
+from quicmig.report.table import verdict_text
+
+WIDTH = 100  # columns at most: prose and diagrams are laid out for this
+
+
+def make_console() -> Console:
+    probe = Console()
+    if probe.is_terminal:
+        return Console(width=min(probe.width, WIDTH))
+    return Console(width=WIDTH)
+
+
+def reflow(text: str) -> str:
+    """Join the hard-wrapped lines of each paragraph, keeping blank lines and bullets."""
+    paragraphs = []
+    for block in text.strip().split("\n\n"):
+        lines: list[str] = []
+        for line in block.splitlines():
+            if lines and not line.startswith("•"):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def scenario_order() -> list[str]:
+    names = builtin_names()
+    first = [n for n in TUTORIAL_ORDER if n in names]
+    known = [n for n in STORIES if n in names and n not in first]
+    return first + known + [n for n in names if n not in first and n not in known]
+
+
+class Demo:
+    def __init__(self, console: Console, interactive: bool, seed: int = 1) -> None:
+        self.console = console
+        self.interactive = interactive
+        self.seed = seed
+
+    # --- pauses ---------------------------------------------------------------------------
+
+    def pause(self, what: str = "continue") -> None:
+        if self.interactive:
+            Prompt.ask(f"[dim]Enter to {what}[/dim]", default="", show_default=False)
+
+    # --- topics ---------------------------------------------------------------------------
+
+    def intro(self) -> None:
+        self.console.print(
+            Panel(reflow(INTRO), title="[bold]QUIC connection migration, for real", expand=False)
+        )
+
+    def topic(self, topic: Topic) -> None:
+        body = reflow(topic.body)
+        if topic.see:
+            body += "\n\n[dim]See it: " + ", ".join(topic.see) + " (in the menu)[/dim]"
+        self.console.print(Panel(body, title=f"[bold]{topic.title}", title_align="left"))
+
+    # --- scenarios ------------------------------------------------------------------------
+
+    def scenario(self, name_or_path: str) -> Result:
+        scenario = load_scenario(name_or_path)
+        told = story(scenario.name, scenario.summary)
+        console = self.console
+        console.print(Rule(f"[bold]{told.title}", align="left"))
+        console.print(f"[bold]{scenario.name}[/bold]: {scenario.summary}")
+        if scenario.doc:
+            console.print(reflow(scenario.doc), style="dim")
+        console.print(_setup(scenario))
+        self.pause("run it in the simulator")
+        with console.status(f"simulating {scenario.name} …", spinner="dots"):
+            obs = observe(scenario, seed=self.seed)
+        result = obs.result
+        sim = result.stats.get("simulated_seconds", 0.0)
+        console.print(
+            f"[dim]Simulated {sim:.2f} s in {result.wall.get('seconds', 0.0):.2f} s of wall "
+            f"time (seed {result.seed}); the server's aioquic logged {len(obs.records):,} "
+            "packets.[/dim]"
+        )
+        views = foci(obs)
+        if not views:
+            console.print("No network change and no migration in this run.")
+        for index, focus in enumerate(views):
+            if index:
+                self.pause("see the next one")
+            console.print()
+            console.print(diagram(obs, focus, width=console.width))
+            if focus.migration is not None:
+                console.print(_numbers(obs, focus.migration))
+        if len(result.migrations) > len(views):
+            console.print(f"[dim]… and {len(result.migrations) - len(views)} more migrations.")
+        console.print()
+        console.print(_outcome(result, scenario, console.width))
+        console.print(Text("What to look at: ", style="bold").append(told.look_at, style=""))
+        return result
+
+    # --- menu -----------------------------------------------------------------------------
+
+    def everything(self) -> None:
+        """Everything once, in order (the --no-input tour)."""
+        self.intro()
+        for topic in TOPICS:
+            self.topic(topic)
+        for name in scenario_order():
+            self.scenario(name)
+            self.console.print()
+
+    def menu(self) -> None:
+        self.intro()
+        names = scenario_order()
+        entries: dict[str, Callable[[], object]] = {}
+        for number, topic in enumerate(TOPICS, 1):
+            entries[str(number)] = functools.partial(self.topic, topic)
+        for number, name in enumerate(names, len(TOPICS) + 1):
+            entries[str(number)] = entries[name] = functools.partial(self.scenario, name)
+        while True:
+            self.console.print(_menu_table(names))
+            choice = Prompt.ask("Pick a number or a scenario name ([bold]q[/bold] to quit)")
+            choice = choice.strip()
+            if not choice:
+                continue
+            if choice.lower() in {"q", "quit", "exit"}:
+                return
+            action = entries.get(choice)
+            if action is None:
+                self.console.print(f"[red]No such choice: {choice!r}[/red]")
+                continue
+            action()
+            self.pause("return to the menu")
+
+
+def _menu_table(names: list[str]) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column(justify="right", style="bold cyan")
+    table.add_column()
+    table.add_row("", "[bold]Topics")
+    for number, topic in enumerate(TOPICS, 1):
+        table.add_row(str(number), topic.title)
+    table.add_row("", "")
+    table.add_row("", "[bold]Scenarios, run in the simulator with real aioquic")
+    for number, name in enumerate(names, len(TOPICS) + 1):
+        told = STORIES.get(name)
+        table.add_row(str(number), f"{name} [dim]— {told.title if told else ''}[/dim]")
+    table.add_row("q", "quit")
+    return table
+
+
+def _setup(scenario: Scenario) -> Text:
+    topo = scenario.topology
+    parts = []
+    for host in topo.clients:
+        ifaces = ", ".join(f"{i.name} {'/'.join(i.addresses)}" for i in host.interfaces)
+        parts.append(f"client ({ifaces})")
+    for nat in topo.nats:
+        parts.append(f"NAT {nat.name} (public {', '.join(nat.external)})")
+    server = topo.host(topo.server)
+    parts.append(f"server {server.interfaces[0].addresses[0]}")
+    events = "; ".join(f"{e.at:g} s {_event_name(e)}" for e in scenario.timeline) or "none"
+    text = Text("Network: ", style="bold")
+    text.append(" · ".join(parts))
+    text.append("\nTimeline: ", style="bold")
+    text.append(events)
+    return text
+
+
+def _event_name(event: object) -> str:
+    """`NatRebind` -> `nat rebind`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", type(event).__name__).lower()
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
+def _bytes(count: int) -> str:
+    if count >= 1_000_000:
+        return f"{count / 1e6:.1f} MB"
+    return f"{count / 1e3:.1f} kB" if count >= 1000 else f"{count} B"
+
+
+def _numbers(obs: Observation, mig: MigrationResult) -> Table:
+    """The measured numbers of one migration, from the Result and the recorded packets."""
+    table = Table(show_header=False, box=None, padding=(0, 1), title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    change = (
+        f"{mig.network_change} at {mig.network_change_at:.4f} s"
+        if mig.network_change_at is not None
+        else "none recorded"
+    )
+    table.add_row("network change", change)
+    table.add_row(
+        "server saw",
+        f"{mig.observed.replace('_', ' ')}: {mig.old_peer} → {mig.new_peer} "
+        f"at {mig.detected_at:.4f} s",
+    )
+    table.add_row("detection delay", f"{_ms(mig.detection_delay)} (change → first packet seen)")
+    first = {True: "yes", False: "[red]no[/red]", None: "—"}[mig.first_packet_had_challenge]
+    table.add_row(
+        "challenge", f"{mig.challenges} sent; in the first packet to the new path: {first}"
+    )
+    rtt = _ms(mig.validation_rtt) if mig.validated_at is not None else "[red]never answered[/red]"
+    table.add_row("validation RTT", f"{rtt} (PATH_CHALLENGE → PATH_RESPONSE)")
+    table.add_row(
+        "interruption", f"{_ms(mig.interruption)} (longest gap in data delivered to the app)"
+    )
+    table.add_row(
+        "losses",
+        f"{mig.lost_packets} packets declared lost, {_bytes(mig.retransmitted_bytes)} "
+        "of stream data sent again",
+    )
+    server_cid = {True: "yes", False: "no", None: "—"}[mig.server_cid_changed]
+    table.add_row(
+        "new connection ID",
+        f"client's DCID: {'yes' if mig.cid_changed else 'no'}; server's DCID: {server_cid}",
+    )
+    sent, received = _before_validation(obs, mig)
+    if received:
+        table.add_row(
+            "anti-amplification",
+            f"sent {_bytes(sent)}, received {_bytes(received)} before validation: "
+            f"{sent / received:.2f}{TIMES} (limit 3{TIMES})",
+        )
+    return table
+
+
+def _before_validation(obs: Observation, mig: MigrationResult) -> tuple[int, int]:
+    """QUIC bytes sent to / received from the new address until PATH_RESPONSE arrived."""
+    until = mig.validated_at if mig.validated_at is not None else float("inf")
+    sent = received = 0
+    for record in obs.records:
+        if record.at >= until or format_address(record.packet.peer) != mig.new_peer:
+            continue
+        if record.at < mig.detected_at:
+            continue
+        if record.inbound:
+            received += record.packet.length
+        else:
+            sent += record.packet.length
+    return sent, received
+
+
+def _outcome(result: Result, scenario: Scenario, width: int) -> Text:
+    text = Text.from_markup(f"Verdict: {verdict_text(result)}")
+    transfer = result.transfer
+    text.append(
+        f"  {transfer.workload}: {_bytes(transfer.bytes)}"
+        + (", intact" if transfer.intact else ", not complete")
+        + (f", done at {transfer.completed_at:.3f} s" if transfer.completed_at else "")
+    )
+    marks = {True: ("✓", "green"), False: ("✗", "red"), None: ("?", "yellow")}
+    text.append("\nChecks:")
+    column = len("Checks:")
+    for check in result.checks:
+        mark, style = marks[check.passed]
+        item = f"{mark} {check.name}"
+        if column + 2 + len(item) > width:
+            text.append("\n       ")
+            column = len("Checks:")
+        text.append("  ")
+        text.append(mark, style=style)
+        text.append(f" {check.name}")
+        column += 2 + len(item)
+    if result.verdict.value != "passed" and scenario.expect.why:
+        text.append(f"\nWhy: {scenario.expect.why}", style="dim")
+    return text
