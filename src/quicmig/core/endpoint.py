@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -98,17 +99,21 @@ class ClientEndpoint:
         self,
         configuration: QuicConfiguration,
         server: Address,
-        workload: Workload,
+        workload: Workload | Callable[[QuicConnection], ClientWorkload],
         seed: int,
         keepalive: float | None = None,  # seconds
         failover_after: float | None = None,  # seconds
+        connection_class: type[QuicConnection] = QuicConnection,
     ) -> None:
         self.server = server
-        self.conn = QuicConnection(configuration=configuration)
+        self.conn = connection_class(configuration=configuration)
         self._logger = (
             configuration.quic_logger if isinstance(configuration.quic_logger, TapLogger) else None
         )
-        self.workload: ClientWorkload = make_workload(self.conn, workload, seed)
+        # A scenario's workload spec, or (live client) a factory given this connection.
+        self.workload: ClientWorkload = (
+            workload(self.conn) if callable(workload) else make_workload(self.conn, workload, seed)
+        )
         self.keepalive = keepalive
         self.failover_after = failover_after
         self.handshake_at: float | None = None
@@ -249,13 +254,26 @@ class ServerConnection:
         self.accepted_at = 0.0
 
 
+# Called when a connection's handshake completes, with the negotiated ALPN: returns the
+# application that serves it from then on (the live server: message protocol or HTTP/3).
+AppFactory = Callable[[ServerConnection, str | None], ServerApp]
+
+
 class ServerEndpoint:
     """A QUIC server on one UDP socket: demultiplexes by connection ID, as a real one does."""
 
-    def __init__(self, configuration: QuicConfiguration) -> None:
+    def __init__(
+        self,
+        configuration: QuicConfiguration,
+        app_factory: AppFactory | None = None,
+        connection_class: type[QuicConnection] = QuicConnection,
+    ) -> None:
+        """`connection_class`: aioquic's QuicConnection or a subclass (see issue 5's extensions)."""
         if not isinstance(configuration.quic_logger, TapLogger):
             raise TypeError("the server configuration needs a TapLogger as quic_logger")
         self.configuration = configuration
+        self.app_factory = app_factory
+        self.connection_class = connection_class
         self._logger = configuration.quic_logger
         self.connections: list[ServerConnection] = []
         self._by_cid: dict[bytes, ServerConnection] = {}
@@ -290,7 +308,7 @@ class ServerEndpoint:
     def _accept(self, odcid: bytes, now: float) -> ServerConnection:
         tracker = MigrationTracker()
         self._logger.next_observer = tracker
-        conn = QuicConnection(
+        conn = self.connection_class(
             configuration=self.configuration, original_destination_connection_id=odcid
         )
         trace = self._logger.last_trace
@@ -350,6 +368,8 @@ class ServerEndpoint:
                 case quic_events.ConnectionIdRetired():
                     self._by_cid.pop(event.connection_id, None)
                 case quic_events.HandshakeCompleted():
+                    if self.app_factory is not None:
+                        server_conn.app = self.app_factory(server_conn, event.alpn_protocol)
                     self._events.append(HandshakeDone(now))
                 case quic_events.ConnectionTerminated():
                     server_conn.closed = Closed(now, event.reason_phrase, event.error_code)
