@@ -7,12 +7,22 @@ import sys
 from collections.abc import Sequence
 
 from quicmig import __version__
+from quicmig.commands import certs as certs_command
+from quicmig.commands import client as client_command
 from quicmig.commands import demo as demo_command
 from quicmig.commands import run as run_command
 from quicmig.commands import scenarios as scenarios_command
+from quicmig.commands import server as server_command
 from quicmig.errors import QuicmigError
 
-COMMANDS = (scenarios_command, run_command, demo_command)
+COMMANDS = (
+    scenarios_command,
+    run_command,
+    certs_command,
+    server_command,
+    client_command,
+    demo_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

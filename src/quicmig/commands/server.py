@@ -1,0 +1,158 @@
+"""`quicmig server`: the live QUIC server on real UDP sockets, logging each migration it sees."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+from pathlib import Path
+
+from quicmig.core.datagram import Address, format_address
+from quicmig.errors import InputError
+from quicmig.live.certs import CERT_FILE, KEY_FILE, SAN_IPS, SAN_NAMES, CertPaths, write
+from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT, LiveServer
+
+# aioquic warns on stderr about every connection closed with an error; our log says it.
+QUIC_LOGGER = "quic"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "server",
+        help="run the live QUIC server (real UDP), logging the migrations it observes",
+        description="Run a QUIC server on real UDP sockets. It serves the quicmig message "
+        "protocol (ALPN quicmig, used by `quicmig client`) and HTTP/3 (ALPN h3: / is a status "
+        "page, /migrations the migration records of every connection as JSON, /bytes/N N "
+        "bytes), and logs every migration it observes: old -> new client address, port or "
+        "address change, the PATH_CHALLENGE/PATH_RESPONSE round trip. Creates cert.pem, "
+        "key.pem and ca.pem on first start when there are none. Stop it with Ctrl-C.",
+        epilog="examples:\n"
+        "  quicmig server\n"
+        "  quicmig server --port 4434\n"
+        "  quicmig server --listen 127.0.0.1:4433 --listen [::1]:4433\n"
+        "  quicmig server --qlog-dir qlogs --secrets-log keys.log",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"IP address to listen on (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"UDP port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ADDR[:PORT]",
+        help="listen here instead of --host (repeatable; IPv6 as [::1]:4433 or ::1; "
+        "the port defaults to --port)",
+    )
+    parser.add_argument(
+        "--cert", type=Path, default=Path(CERT_FILE), help=f"certificate (default ./{CERT_FILE})"
+    )
+    parser.add_argument(
+        "--key", type=Path, default=Path(KEY_FILE), help=f"private key (default ./{KEY_FILE})"
+    )
+    parser.add_argument("--qlog-dir", type=Path, metavar="DIR", help="write qlogs here on exit")
+    parser.add_argument(
+        "--secrets-log", type=Path, metavar="FILE", help="append TLS secrets (SSLKEYLOGFILE)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def parse_listen(text: str, default_port: int) -> Address:
+    """`127.0.0.1`, `127.0.0.1:4433`, `::1`, `[::1]:4433` -> (host, port)."""
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise InputError(f"--listen {text!r}: write IPv6 as [::1]:4433")
+            port = _port(rest[1:], f"--listen {text}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = _port(port_text, f"--listen {text}")
+    return _host(host, f"--listen {text}"), port
+
+
+def _host(host: str, what: str) -> str:
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise InputError(
+            f"{what}: {host!r} is not an IP address (e.g. 127.0.0.1, ::1, [::1]:4433)"
+        ) from None
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise InputError(f"{what}: {text!r} is not a UDP port (0-65535)")
+    return int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.getLogger(QUIC_LOGGER).addHandler(logging.NullHandler())
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: not a UDP port (0-65535)")
+    if args.listen:
+        listen = [parse_listen(item, args.port) for item in args.listen]
+    else:
+        listen = [(_host(args.host, "--host"), args.port)]
+    paths = CertPaths.beside(args.cert, args.key)
+    if not paths.cert.exists() and not paths.key.exists():
+        write(paths)
+        print(
+            f"🔐 No certificate found: created a local CA ({paths.ca}) and a server certificate "
+            f"({paths.cert}, key {paths.key}) for {', '.join(SAN_NAMES + SAN_IPS)}",
+            flush=True,
+        )
+    return asyncio.run(serve(paths, listen, args.qlog_dir, args.secrets_log))
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+async def serve(
+    paths: CertPaths, listen: list[Address], qlog_dir: Path | None, secrets_log: Path | None
+) -> int:
+    """Run until SIGINT (Ctrl-C) or SIGTERM (docker stop), then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            signals.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            pass
+    server = LiveServer(paths, listen, qlog_dir=qlog_dir, secrets_log=secrets_log, log=_log)
+    try:
+        addresses = await server.start()
+        for address in addresses:
+            _log(f"🚀 Starting QUIC server on {format_address(address)}")
+        _log("📋 Server supports connection migration")
+        first = format_address(addresses[0])
+        shown = first.replace("127.0.0.1", "localhost")
+        _log(f"   ALPN quicmig: the message protocol of `quicmig client --port {addresses[0][1]}`")
+        _log(f"   ALPN h3: HTTP/3 at https://{shown}/ , /migrations (JSON), /bytes/N")
+        _log(f"   certificate {paths.cert}, clients verify it against {paths.ca}")
+        _log("   Press Ctrl-C to stop.")
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await server.aclose()
+    migrations = sum(len(c.server_conn.tracker.migrations) for c in server.connections)
+    connections = len(server.connections)
+    _log(
+        f"🛑 Server stopped: {connections} connection{'' if connections == 1 else 's'}, "
+        f"{migrations} migration{'' if migrations == 1 else 's'} observed"
+    )
+    if qlog_dir is not None:
+        _log(f"   qlogs in {qlog_dir}/")
+    return 0

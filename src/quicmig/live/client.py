@@ -1,0 +1,627 @@
+"""The live QUIC client: `ClientEndpoint` (the simulator's) on real asyncio UDP sockets.
+
+Migrations are real: the client really sends from another socket.
+
+- `nat-rebinding`: a new UDP socket on the same address (new source port); the old one is
+  closed. The client behaves as if it did not notice (RFC 9000 section 9.3): same connection
+  ID, no PING; its next packet (a request or an ACK) arrives from the new port.
+- `ip-change`: a new socket on the next local address (`addresses`, default 127.0.0.1-3);
+  an active migration, so a fresh connection ID and a PING at once (section 9.5).
+- `network-switch`: moves to the next local address like a WiFi -> cellular handover,
+  break-before-make (old socket closed, a gap, then the new one) or make-before-break (the
+  new socket sends at once, the old one keeps receiving for an overlap), with a new CID.
+- `cid-rotation`: a fresh connection ID on the same path (section 9.5).
+
+What the server made of it is fetched from the server over the same connection (`MIGRATIONS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TextIO
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from quicmig.core.app import ClientWorkload, content
+from quicmig.core.datagram import Address, format_address
+from quicmig.core.endpoint import ALPN, ClientEndpoint, Closed, HandshakeDone
+from quicmig.errors import InputError, QuicmigError
+from quicmig.live.server import MIGRATIONS_VERB
+from quicmig.live.udp import Timer, UdpSocket, bind_error, family_of, open_socket
+
+KINDS = ("nat-rebinding", "ip-change", "network-switch", "cid-rotation")
+EXPECTED_OBSERVATION = {  # what the server's tracker must classify each kind as
+    "nat-rebinding": "port_change",
+    "ip-change": "address_change",
+    "network-switch": "address_change",
+}
+DEFAULT_IPV4_ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+DEFAULT_IPV6_ADDRESSES = ("::1",)
+DEFAULT_TIMEOUT = 5.0  # seconds: handshake and each request
+DEFAULT_GAP = 0.2  # seconds without any socket (break-before-make) or with both (make-before)
+CRYPTO_ERRORS = range(0x100, 0x200)  # RFC 9001 section 4.8: TLS alerts as QUIC errors
+
+
+class SwitchMode(Enum):
+    BREAK_BEFORE_MAKE = "break-before-make"
+    MAKE_BEFORE_BREAK = "make-before-break"
+
+
+def parse_kinds(text: str) -> list[str]:
+    """`KIND[,KIND...]` -> list; an unknown kind is an InputError naming the known ones."""
+    kinds = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        what = (
+            f"unknown migration kind {', '.join(repr(k) for k in unknown)}"
+            if unknown
+            else ("no migration kind given")
+        )
+        raise InputError(f"{what}: the known kinds are {', '.join(KINDS)}")
+    return kinds
+
+
+def default_addresses(server_host: str) -> tuple[str, ...]:
+    """Local addresses to move between: loopback ones for a loopback server, else any."""
+    ip = ipaddress.ip_address(server_host)
+    if ip.is_loopback:
+        return DEFAULT_IPV6_ADDRESSES if ip.version == 6 else DEFAULT_IPV4_ADDRESSES
+    return ("::",) if ip.version == 6 else ("0.0.0.0",)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One migration the client performed: what it did, not what the server saw."""
+
+    kind: str
+    at: float  # seconds since the client started
+    old_local: Address
+    new_local: Address
+    new_cid: bool
+    detail: str = ""
+
+    @property
+    def moves_path(self) -> bool:
+        return self.kind != "cid-rotation"
+
+
+@dataclass(slots=True)
+class _Request:
+    stream_id: int
+    sent_at: float
+    future: asyncio.Future[bytes]
+    keep: bool  # keep the body (False for downloads: only count and hash)
+    on_data: Callable[[int], None] | None
+    body: bytearray = field(default_factory=bytearray)
+    received: int = 0
+    sha256: Any = field(default_factory=hashlib.sha256)
+    done_at: float | None = None
+
+
+class RequestWorkload(ClientWorkload):
+    """Requests on demand over the message protocol, each answered through a future."""
+
+    def __init__(self, conn: QuicConnection) -> None:
+        super().__init__(conn)
+        self.requests: dict[int, _Request] = {}
+
+    def open(
+        self,
+        line: str,
+        body: bytes,
+        now: float,
+        keep: bool = True,
+        on_data: Callable[[int], None] | None = None,
+    ) -> _Request:
+        stream_id = self._request(line, body)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        request = _Request(stream_id, now, future, keep, on_data)
+        self.requests[stream_id] = request
+        return request
+
+    def stream_data(self, stream_id: int, data: bytes, end_stream: bool, now: float) -> None:
+        super().stream_data(stream_id, data, end_stream, now)
+        request = self.requests.get(stream_id)
+        if request is None:
+            return
+        request.received += len(data)
+        request.sha256.update(data)
+        if request.keep:
+            request.body += data
+        if request.on_data is not None:
+            request.on_data(request.received)
+        if end_stream:
+            request.done_at = now
+            del self.requests[stream_id]
+            if not request.future.done():
+                request.future.set_result(bytes(request.body))
+
+    def stream_reset(self, stream_id: int, now: float) -> None:
+        request = self.requests.pop(stream_id, None)
+        if request is not None and not request.future.done():
+            request.future.set_exception(
+                QuicmigError(f"the server refused request on stream {stream_id}")
+            )
+
+    def fail_all(self, error: Exception) -> None:
+        for request in self.requests.values():
+            if not request.future.done():
+                request.future.set_exception(error)
+        self.requests.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    size: int  # bytes asked for
+    received: int  # bytes received
+    stream_id: int
+    sha256: str  # of what the client received
+    expected_sha256: str  # of what the protocol says the server sends
+    seconds: float
+
+    @property
+    def intact(self) -> bool:
+        return self.received == self.size and self.sha256 == self.expected_sha256
+
+
+class LiveClient:
+    """One live QUIC connection that can migrate; use as `async with LiveClient(...)`."""
+
+    def __init__(
+        self,
+        server: Address,
+        *,
+        ca: Path | None = None,
+        insecure: bool = False,
+        server_name: str | None = None,
+        addresses: Sequence[str] | None = None,
+        secrets_log: TextIO | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if ca is None and not insecure:
+            raise ValueError("give a CA to verify the server against, or insecure=True")
+        self.server = server
+        self.ca = ca
+        self.insecure = insecure
+        self.addresses = tuple(addresses) if addresses else default_addresses(server[0])
+        self.timeout = timeout
+        config = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name=server_name or server[0],
+            secrets_log_file=secrets_log,
+        )
+        if insecure:
+            import ssl
+
+            config.verify_mode = ssl.CERT_NONE
+        else:
+            assert ca is not None
+            try:
+                config.load_verify_locations(cafile=str(ca))
+            except (OSError, ValueError) as exc:
+                raise InputError(
+                    f"cannot load the CA certificate {ca} ({exc}): the server writes ca.pem "
+                    "beside its cert.pem on first start (or run `quicmig certs`); pass it with "
+                    "--ca FILE, or skip verification with --insecure"
+                ) from exc
+        self._workload: RequestWorkload | None = None
+        self._config = config
+        self.endpoint: ClientEndpoint | None = None
+        self.moves: list[Move] = []
+        self.handshake_seconds: float | None = None
+        self._sockets: list[UdpSocket] = []
+        self._current: UdpSocket | None = None  # the socket we send from (None: no network)
+        self._handshake: asyncio.Future[None] | None = None
+        self._timer: Timer | None = None
+        self._t0 = 0.0
+        self._closed: Closed | None = None
+
+    # --- clock and driver ---------------------------------------------------------------
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time() - self._t0
+
+    @property
+    def local(self) -> Address:
+        """The address the client currently sends from."""
+        return self._current.local if self._current is not None else ("", 0)
+
+    @property
+    def workload(self) -> RequestWorkload:
+        assert self._workload is not None, "connect() first"
+        return self._workload
+
+    def _make_workload(self, conn: QuicConnection) -> RequestWorkload:
+        self._workload = RequestWorkload(conn)
+        return self._workload
+
+    def _endpoint(self) -> ClientEndpoint:
+        if self.endpoint is None:
+            raise RuntimeError("connect() first")
+        return self.endpoint
+
+    def _on_datagram(self, data: bytes, addr: Address) -> None:
+        if self.endpoint is None or self._closed is not None:
+            return
+        self.endpoint.receive_datagram(data, addr, self.now())
+        self._service()
+
+    def _on_timer(self, now: float) -> None:
+        if self.endpoint is None:
+            return
+        self.endpoint.handle_timer(now)
+        self._service()
+
+    def _service(self) -> None:
+        endpoint = self._endpoint()
+        for data, addr in endpoint.datagrams_to_send(self.now()):
+            if self._current is not None:  # else: between networks, the datagram is lost
+                self._current.sendto(data, addr)
+        while (event := endpoint.next_event()) is not None:
+            match event:
+                case HandshakeDone():
+                    if self._handshake is not None and not self._handshake.done():
+                        self._handshake.set_result(None)
+                case Closed():
+                    self._on_closed(event)
+        if self._timer is not None:
+            self._timer.arm(endpoint.get_timer())
+
+    def _on_closed(self, closed: Closed) -> None:
+        self._closed = closed
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(QuicmigError(self._handshake_error(closed)))
+        error = QuicmigError(
+            f"the connection was closed by {'the server' if closed.error_code == 0 else 'QUIC'}"
+            f"{': ' + closed.reason if closed.reason else ''}"
+        )
+        self.workload.fail_all(error)
+
+    def _handshake_error(self, closed: Closed) -> str:
+        reason = closed.reason or f"error 0x{closed.error_code:x}"
+        if closed.error_code in CRYPTO_ERRORS and not self.insecure:
+            return (
+                f"TLS handshake with {format_address(self.server)} failed ({reason}): the "
+                f"server's certificate does not verify against {self.ca}. Use the ca.pem the "
+                "server wrote beside its cert.pem, or regenerate both with `quicmig certs "
+                "--force` and restart the server, or skip verification with --insecure"
+            )
+        return f"the handshake with {format_address(self.server)} failed: {reason}"
+
+    async def _open(self, host: str) -> UdpSocket:
+        sock = await open_socket((host, 0), self._on_datagram, "client")
+        self._sockets.append(sock)
+        return sock
+
+    def _close_socket(self, sock: UdpSocket) -> None:
+        sock.close()
+        if sock in self._sockets:
+            self._sockets.remove(sock)
+        if self._current is sock:
+            self._current = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open a socket on the first local address and complete the handshake."""
+        loop = asyncio.get_running_loop()
+        self._t0 = loop.time()
+        self._current = await self._open(self.addresses[0])
+        self._workload = None
+        endpoint = ClientEndpoint(self._config, self.server, self._make_workload, seed=0)
+        self.endpoint = endpoint
+        self._timer = Timer(self._on_timer, self.now)
+        self._handshake = loop.create_future()
+        endpoint.connect(self.now())
+        self._service()
+        try:
+            await asyncio.wait_for(self._handshake, self.timeout)
+        except TimeoutError:
+            raise QuicmigError(
+                f"no answer from {format_address(self.server)} within {self.timeout:g} s: is the "
+                "server running? Start it with `quicmig server` (or `python quic_server.py`), "
+                "or point the client at it with --host/--port"
+            ) from None
+        self.handshake_seconds = self.now()
+
+    async def aclose(self) -> None:
+        """Send CONNECTION_CLOSE (if still open) and close every socket and the timer."""
+        if self.endpoint is not None and self._closed is None and self._current is not None:
+            self.endpoint.close()
+            self._service()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sock in list(self._sockets):
+            self._close_socket(sock)
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.cancel()
+        if self._workload is not None:
+            self._workload.fail_all(QuicmigError("the client closed the connection"))
+        self.endpoint = None
+
+    async def __aenter__(self) -> LiveClient:
+        try:
+            await self.connect()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def request(
+        self,
+        line: str,
+        body: bytes = b"",
+        *,
+        keep: bool = True,
+        on_data: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[bytes, _Request]:
+        """Send one request on a new stream and wait for the whole answer."""
+        if self._closed is not None:
+            raise QuicmigError(f"the connection is closed ({self._closed.reason})")
+        request = self.workload.open(line, body, self.now(), keep, on_data)
+        self._service()
+        limit = self.timeout if timeout is None else timeout
+        try:
+            answer = await asyncio.wait_for(request.future, limit)
+        except TimeoutError:
+            self.workload.requests.pop(request.stream_id, None)
+            raise QuicmigError(
+                f"no answer to {line.split()[0]} from {format_address(self.server)} within "
+                f"{limit:g} s"
+            ) from None
+        return answer, request
+
+    async def send_message(self, body: bytes) -> float:
+        """Send `body` with ECHO, wait for it to come back; returns the round trip (seconds)."""
+        answer, request = await self.request("ECHO", body)
+        if answer != body:
+            raise QuicmigError(f"the echo on stream {request.stream_id} came back different")
+        assert request.done_at is not None
+        return request.done_at - request.sent_at
+
+    async def download(
+        self,
+        size: int,
+        seed: int = 1,
+        on_progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> Download:
+        """DOWNLOAD `size` bytes; the answer is hashed as it arrives, not kept."""
+        _, request = await self.request(
+            f"DOWNLOAD {size} {seed}", keep=False, on_data=on_progress, timeout=timeout
+        )
+        assert request.done_at is not None
+        return Download(
+            size=size,
+            received=request.received,
+            stream_id=request.stream_id,
+            sha256=request.sha256.hexdigest(),
+            expected_sha256=hashlib.sha256(content(size, seed)).hexdigest(),
+            seconds=request.done_at - request.sent_at,
+        )
+
+    async def server_record(self) -> dict[str, Any]:
+        """What the server's tracker observed on this connection, fetched over it."""
+        answer, _ = await self.request(MIGRATIONS_VERB)
+        record: dict[str, Any] = json.loads(answer)
+        return record
+
+    async def confirmed_record(self, timeout: float = 2.0) -> dict[str, Any]:
+        """The server's record once it shows every path move validated (or after `timeout`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        paths = sum(move.moves_path for move in self.moves)
+        while True:
+            record = await self.server_record()
+            migrations = record["migrations"]
+            if (
+                len(migrations) >= paths and all(m["validated_at"] is not None for m in migrations)
+            ) or loop.time() >= deadline:
+                return record
+            await asyncio.sleep(0.05)
+
+    # --- migrations ---------------------------------------------------------------------
+
+    def check_moves(self, kinds: Sequence[str]) -> None:
+        """Fail early, before connecting, if `kinds` need local addresses this host lacks."""
+        movers = [kind for kind in kinds if kind in ("ip-change", "network-switch")]
+        if not movers:
+            return
+        self._next_address(movers[0])
+        for host in self.addresses:
+            try:
+                with socket.socket(family_of(host), socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, 0))
+            except OSError as exc:
+                raise QuicmigError(bind_error((host, 0), exc, f"client, for {movers[0]}")) from None
+
+    def _next_address(self, kind: str) -> str:
+        here = self.local[0]
+        if len(self.addresses) < 2:
+            ipv6 = ":" in self.addresses[0]
+            hint = (
+                "::1 is the only IPv6 loopback address; add one (Linux: `sudo ip -6 addr add "
+                "::2/128 dev lo`) and pass --addresses ::1,::2"
+                if ipv6
+                else "pass two or more with --addresses, e.g. 127.0.0.1,127.0.0.2"
+            )
+            raise InputError(f"{kind} needs a second local address to move to: {hint}")
+        index = self.addresses.index(here) if here in self.addresses else -1
+        return self.addresses[(index + 1) % len(self.addresses)]
+
+    async def migrate(
+        self,
+        kind: str,
+        mode: SwitchMode = SwitchMode.BREAK_BEFORE_MAKE,
+        gap: float = DEFAULT_GAP,
+    ) -> Move:
+        """Perform one migration of `kind` (see KINDS) for real; returns what was done."""
+        endpoint = self._endpoint()
+        old = self._current
+        if old is None:
+            raise RuntimeError("no socket: a migration is already in progress")
+        old_local = old.local
+        started = self.now()
+        detail = ""
+        if kind == "nat-rebinding":
+            new = await self._open(old_local[0])
+            self._current = new
+            self._close_socket(old)
+            # Same CID: the client does not know. The PING only stands for "its next packet":
+            # without one, an idle or receive-only client would stay silent and the server
+            # would keep sending to the old port, as with a real NAT.
+            endpoint.migrate(self.now(), new_cid=False)
+            new_cid = False
+            detail = "new socket and source port, same address, same CID"
+        elif kind == "ip-change":
+            new = await self._open(self._next_address(kind))
+            self._current = new
+            self._close_socket(old)
+            endpoint.migrate(self.now(), new_cid=True)
+            new_cid = True
+            detail = "new address, new CID"
+        elif kind == "network-switch":
+            address = self._next_address(kind)
+            new_cid = True
+            if mode is SwitchMode.BREAK_BEFORE_MAKE:
+                self._close_socket(old)
+                await asyncio.sleep(gap)
+                new = await self._open(address)
+                self._current = new
+                endpoint.migrate(self.now(), new_cid=True)
+                detail = f"break-before-make, {gap * 1e3:.0f} ms without network, new CID"
+            else:
+                new = await self._open(address)
+                self._current = new
+                endpoint.migrate(self.now(), new_cid=True)
+                self._service()
+                await asyncio.sleep(gap)
+                self._close_socket(old)
+                detail = f"make-before-break, both up for {gap * 1e3:.0f} ms, new CID"
+        elif kind == "cid-rotation":
+            endpoint.rotate_cid(self.now())
+            new, new_cid = old, True
+            detail = "same path, new CID"
+        else:
+            raise InputError(f"unknown migration kind {kind!r}: the known kinds are {KINDS}")
+        self._service()
+        move = Move(kind, started, old_local, new.local, new_cid, detail)
+        self.moves.append(move)
+        return move
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """One client move beside what the server's tracker recorded for it."""
+
+    move: Move
+    observed: dict[str, Any] | None  # the server's migration (or CID rotation) record
+    confirmed: bool
+    why: str
+
+
+def confirm(moves: Sequence[Move], record: dict[str, Any]) -> list[Confirmation]:
+    """Pair each move with the server's records, in order, and say whether they agree.
+
+    A path move is confirmed when the server saw a migration to exactly the client's new
+    address, classified as expected, and validated it (PATH_CHALLENGE answered). A CID
+    rotation is confirmed when the server recorded a rotation.
+    """
+    migrations = list(record.get("migrations", []))
+    rotations = list(record.get("cid_rotations", []))
+    out = []
+    for move in moves:
+        if not move.moves_path:
+            seen = rotations.pop(0) if rotations else None
+            ok = seen is not None
+            out.append(Confirmation(move, seen, ok, "" if ok else "no CID rotation recorded"))
+            continue
+        mig = migrations.pop(0) if migrations else None
+        if mig is None:
+            out.append(Confirmation(move, None, False, "the server recorded no migration"))
+            continue
+        problems = []
+        if mig["new_peer"] != format_address(move.new_local):
+            problems.append(
+                f"server saw {mig['new_peer']}, client moved to {format_address(move.new_local)}"
+            )
+        expected = EXPECTED_OBSERVATION[move.kind]
+        if mig["observed"] != expected:
+            problems.append(f"classified {mig['observed']}, expected {expected}")
+        if mig["validated_at"] is None:
+            problems.append("path not validated")
+        if mig["cid_changed"] != move.new_cid:
+            problems.append("CID " + ("unchanged" if move.new_cid else "changed"))
+        out.append(Confirmation(move, mig, not problems, "; ".join(problems)))
+    return out
+
+
+Step = tuple[str, SwitchMode]  # a migration kind and, for network-switch, how
+
+
+async def download_with_moves(
+    client: LiveClient,
+    size: int,
+    steps: Sequence[Step],
+    *,
+    seed: int = 1,
+    gap: float = DEFAULT_GAP,
+    on_move: Callable[[Move, int], None] | None = None,
+) -> tuple[Download, list[Move]]:
+    """DOWNLOAD `size` bytes and perform `steps` while it runs, evenly spaced by progress.
+
+    Step k starts once k/(len(steps)+1) of the bytes have arrived, so every migration
+    happens mid-transfer however fast the machine is. `on_move(move, received)` is called
+    after each one. Steps left when the download has finished run after it.
+    """
+    thresholds = [size * (index + 1) // (len(steps) + 1) for index in range(len(steps))]
+    received = 0
+    reached = asyncio.Event()
+    waiting_for = 0
+
+    def on_progress(count: int) -> None:
+        nonlocal received
+        received = count
+        if waiting_for < len(thresholds) and count >= thresholds[waiting_for]:
+            reached.set()
+
+    # At least 0.5 MB/s on top of the usual timeout: loopback does 5-50 MB/s.
+    limit = client.timeout + size / 500_000
+    task = asyncio.ensure_future(client.download(size, seed, on_progress, timeout=limit))
+    moves: list[Move] = []
+    try:
+        for index, (kind, mode) in enumerate(steps):
+            waiting_for = index
+            if received < thresholds[index] and not task.done():
+                reached.clear()
+                waiter = asyncio.ensure_future(reached.wait())
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                await asyncio.gather(waiter, return_exceptions=True)
+            move = await client.migrate(kind, mode, gap)
+            moves.append(move)
+            if on_move is not None:
+                on_move(move, received)
+        download = await task
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # retrieves its exception, if any
+    return download, moves
