@@ -1,8 +1,4 @@
-"""Certificates: a local CA and a server certificate signed by it, made with `cryptography`.
-
-Ed25519 keeps signatures a fixed 64 bytes, so handshake sizes, and with them simulated
-timelines, do not vary from run to run.
-"""
+"""Certificates: a local CA and a server certificate signed by it, made with `cryptography`."""
 
 from __future__ import annotations
 
@@ -12,21 +8,23 @@ from dataclasses import dataclass
 from functools import cache
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_NAMES = ("localhost",)
 DEFAULT_IPS = ("127.0.0.1", "::1")
 VALIDITY = datetime.timedelta(days=825)
 
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
 
 @dataclass(frozen=True, slots=True)
 class CertificateSet:
     ca_cert: x509.Certificate
-    ca_key: ed25519.Ed25519PrivateKey
+    ca_key: PrivateKey
     cert: x509.Certificate
-    key: ed25519.Ed25519PrivateKey
+    key: PrivateKey
 
     @property
     def ca_pem(self) -> bytes:
@@ -45,28 +43,47 @@ class CertificateSet:
         )
 
 
+def _name(common_name: str, organization: str | None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization is not None:
+        attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attributes)
+
+
 def make_certificates(
     names: tuple[str, ...] = DEFAULT_NAMES,
     ips: tuple[str, ...] = DEFAULT_IPS,
+    web: bool = False,
     serials: tuple[int, int] | None = None,
 ) -> CertificateSet:
     """A fresh CA and a server certificate for `names` and `ips`, signed by that CA.
 
-    Serial numbers are random unless `serials` (CA, server) are given: a random serial's DER
-    length varies by a byte, which would change handshake sizes between simulated runs.
+    The default is the simulator's profile: Ed25519 keys, whose 64-byte signatures keep
+    handshake sizes, and with them simulated timelines, the same from run to run (so do fixed
+    `serials`: a random serial's DER length varies by a byte). With `web`, the live lab's
+    profile: ECDSA P-256 with key identifiers and serverAuth, which browsers and curl accept.
     """
-    ca_serial, serial = serials or (x509.random_serial_number(), x509.random_serial_number())
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ed25519.Ed25519PrivateKey.generate()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "quicmig local CA")])
-    ca_cert = (
+    start, end = now - datetime.timedelta(minutes=5), now + VALIDITY
+    ca_serial, serial = serials or (x509.random_serial_number(), x509.random_serial_number())
+    organization = "quicmig live lab" if web else None
+    digest = hashes.SHA256() if web else None  # Ed25519 signs without a separate digest
+
+    def new_key() -> PrivateKey:
+        return (
+            ec.generate_private_key(ec.SECP256R1()) if web else ed25519.Ed25519PrivateKey.generate()
+        )
+
+    ca_key = new_key()
+    ca_name = _name("quicmig local CA", organization)
+    ca_builder = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(ca_serial)
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -82,24 +99,30 @@ def make_certificates(
             ),
             critical=True,
         )
-        .sign(ca_key, None)
     )
-    key = ed25519.Ed25519PrivateKey.generate()
+    if web:
+        ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+        ca_builder = ca_builder.add_extension(ski, critical=False)
+    ca_cert = ca_builder.sign(ca_key, digest)
+    key = new_key()
     san: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
     san += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .subject_name(_name(names[0], organization))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(serial)
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, None)
     )
-    return CertificateSet(ca_cert, ca_key, cert, key)
+    if web:
+        eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+        builder = builder.add_extension(eku, critical=False).add_extension(aki, critical=False)
+    return CertificateSet(ca_cert, ca_key, builder.sign(ca_key, digest), key)
 
 
 @cache

@@ -10,16 +10,14 @@ Keys are ECDSA P-256 (not the simulator's Ed25519) so that browsers and curl acc
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
+from quicmig.core.certs import make_certificates
 from quicmig.errors import InputError, QuicmigError
 
 CERT_FILE = "cert.pem"
@@ -28,7 +26,6 @@ CA_FILE = "ca.pem"
 SAN_NAMES = ("localhost",)
 # The server listens on 127.0.0.1 and ::1 by default; the others are there for --listen.
 SAN_IPS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "::1")
-VALIDITY = datetime.timedelta(days=825)
 REGENERATE = "quicmig certs --force"  # the command that fixes every certificate problem
 
 
@@ -65,76 +62,13 @@ class GeneratedCertificates:
     key_pem: bytes
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "quicmig live lab"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
 def generate(
     names: tuple[str, ...] = SAN_NAMES, ips: tuple[str, ...] = SAN_IPS
 ) -> GeneratedCertificates:
     """A fresh CA and a server certificate for `names` and `ips`, signed by it (in memory)."""
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + VALIDITY
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("quicmig local CA")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    san: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
-    san += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    certs = make_certificates(names, ips, web=True)
     return GeneratedCertificates(
-        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        ca_pem=certs.ca_pem, cert_pem=certs.cert_pem, key_pem=certs.key_pem
     )
 
 
