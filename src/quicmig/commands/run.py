@@ -16,6 +16,7 @@ from quicmig.model.scenario import Scenario
 from quicmig.report.table import make_console, print_result, summary_table
 
 BACKENDS = ("sim", "proxy", "lab")
+STACKS = ("stock", "quicmig")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -31,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  quicmig run network-switch --plot switch.png\n"
         "  quicmig run rebind-port --seed 7 --json out.json --pcap out.pcap --keylog out.keys\n"
         "  quicmig run nat-rebinding --set links.wifi.delay_ms=50 --set workload.bytes=2e6\n"
-        "  quicmig run all --out results/",
+        "  quicmig run all --out results/\n"
+        "  quicmig run network-switch --stack quicmig   # with quicmig's aioquic extensions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("target", metavar="NAME|FILE.toml|all", help="what to run")
@@ -46,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY=VALUE",
         help="override a scenario value, e.g. links.wifi.delay_ms=30, workload.bytes=2000000, "
         "timeline.0.at_s=2, client.keepalive_s=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--stack",
+        choices=STACKS,
+        help="QUIC stack: `stock` is aioquic 1.7.2 as released, `quicmig` turns on every "
+        "extension of src/quicmig/aioquic_ext.py (challenge_first, reset_recovery) and expects "
+        "the scenario's quicmig_verdict. Default: as the scenario's [quic] table says, which "
+        "is stock for every built-in scenario",
     )
     parser.add_argument(
         "--backend", choices=BACKENDS, default="sim", help="network backend (default sim)"
@@ -123,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             raise InputError("--out DIR goes with `all`; for one run use --json/--plot/--pcap")
         scenarios = [load_scenario(args.target, args.overrides)]
+    if args.stack is not None:
+        scenarios = [s.with_stack(args.stack) for s in scenarios]
     _check_outputs(args)
     for folder in (args.qlog_dir, args.out):
         if folder is not None:
@@ -196,3 +208,4 @@ def _report_one(
         console.print(f"{result.scenario}: {result.verdict.value}")
     else:
         print_result(console, result, scenario.expect.why)
+

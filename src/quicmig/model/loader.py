@@ -25,6 +25,7 @@ from quicmig.model.scenario import (
     LinkChange,
     Messages,
     NatRebind,
+    QuicExtensions,
     Scenario,
     Stream,
     Switch,
@@ -217,6 +218,7 @@ def scenario_from_tree(tree: Tree, default_name: str = "custom") -> Scenario:
         workload=_workload(root.table("workload")),
         timeline=tuple(_event(e, i, topology) for i, e in enumerate(_list(root, "timeline"))),
         client=_client(root.table("client")),
+        quic=_quic(root.table("quic")),
         expect=_expect(root.table("expect")),
     )
     root.finish()
@@ -318,6 +320,13 @@ def _client(table: _Table) -> ClientSettings:
     return settings
 
 
+def _quic(table: _Table) -> QuicExtensions:
+    """`[quic]`: quicmig's extensions to aioquic, booleans, all false (stock) by default."""
+    quic = QuicExtensions(**{name: table.boolean(name, False) for name in QuicExtensions.NAMES})
+    table.finish()
+    return quic
+
+
 def _expect(table: _Table) -> Expectation:
     verdict = table.string("verdict", "passed")
     if verdict not in ("passed", "failed", "unsupported"):
@@ -327,12 +336,19 @@ def _expect(table: _Table) -> Expectation:
         if kind not in ("port_change", "address_change"):
             raise InputError(f"expect.migrations: {kind!r}; allowed: port_change, address_change")
     minimum = table._get("min_migrations", None)
+    quicmig_verdict = table._get("quicmig_verdict", None)
+    if quicmig_verdict is not None and quicmig_verdict not in ("passed", "failed", "unsupported"):
+        raise InputError(
+            f"expect.quicmig_verdict: {quicmig_verdict!r}; allowed: passed, failed, unsupported"
+        )
     expectation = Expectation(
         verdict=verdict,
         migrations=kinds,
         min_migrations=None if minimum is None else table.integer("min_migrations"),
         cid_rotations=table.integer("cid_rotations", 0),
         why=table.string("why", ""),
+        quicmig_verdict=quicmig_verdict,
+        quicmig_why=table.string("quicmig_why", ""),
     )
     table.finish()
     return expectation

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import ClassVar
 
 from quicmig.errors import InputError
 from quicmig.model.topology import Topology
@@ -121,6 +122,35 @@ class ClientSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class QuicExtensions:
+    """quicmig's extensions to aioquic 1.7.2 (src/quicmig/aioquic_ext.py), each a switch.
+
+    All off is stock aioquic, the default of every built-in scenario. TOML: a `[quic]` table,
+    e.g. `challenge_first = true`; `quicmig run NAME --stack quicmig` turns all of them on.
+    """
+
+    # RFC 9000 sections 8.2.1 and 9.3 with RFC 9002 section 7: the server's PATH_CHALLENGE to a
+    # new peer address goes out in its first packet there even when old-path packets fill
+    # the congestion window (stock: a bare ACK first, the challenge after a PTO or an ACK).
+    challenge_first: bool = False
+    # RFC 9000 section 9.4: once a new peer address (not a port-only change) is validated,
+    # the server starts a fresh congestion controller and RTT estimate for it, and packets
+    # still in flight on the old path stop counting towards congestion control.
+    reset_recovery: bool = False
+
+    NAMES: ClassVar[tuple[str, ...]] = ("challenge_first", "reset_recovery")
+
+    @classmethod
+    def all_on(cls) -> QuicExtensions:
+        return cls(**dict.fromkeys(cls.NAMES, True))
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """Names of the switches that are on; empty means stock aioquic."""
+        return tuple(name for name in self.NAMES if getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
 class Expectation:
     """What the scenario's author expects: the checks compare it with observation."""
 
@@ -129,6 +159,10 @@ class Expectation:
     min_migrations: int | None = None  # for periodic events: at least this many
     cid_rotations: int = 0  # connection-ID changes on an unchanged path
     why: str = ""  # one line: why this verdict is expected
+    # The verdict expected with every quicmig extension on (`--stack quicmig`); None: the
+    # same as `verdict`. Lets a scenario document stock aioquic and quicmig side by side.
+    quicmig_verdict: str | None = None
+    quicmig_why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +173,24 @@ class Scenario:
     workload: Workload
     timeline: tuple[TimelineEvent, ...] = ()
     client: ClientSettings = field(default_factory=ClientSettings)
+    quic: QuicExtensions = field(default_factory=QuicExtensions)
     duration: float = 30.0  # seconds of simulated time at most
     expect: Expectation = field(default_factory=Expectation)
     doc: str = ""  # longer description: what happens and what to look at
+
+    def with_stack(self, stack: str) -> Scenario:
+        """`stock`: every extension off; `quicmig`: every extension on, with the verdict the
+        scenario expects of quicmig (`expect.quicmig_verdict`, if it names one)."""
+        if stack == "stock":
+            return replace(self, quic=QuicExtensions())
+        if stack != "quicmig":
+            raise InputError(f"--stack {stack!r}: allowed: stock, quicmig")
+        expect = self.expect
+        if expect.quicmig_verdict is not None:
+            expect = replace(
+                expect, verdict=expect.quicmig_verdict, why=expect.quicmig_why or expect.why
+            )
+        return replace(self, quic=QuicExtensions.all_on(), expect=expect)
 
     def validated(self) -> Scenario:
         topo = self.topology.validated()

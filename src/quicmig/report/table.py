@@ -94,8 +94,11 @@ def verdict_text(result: Result) -> str:
 def print_result(console: Console, result: Result, why: str = "") -> None:
     transfer = result.transfer
     sim = result.stats.get("simulated_seconds", 0.0)
+    extensions = result.stats.get("quic_extensions") or []
+    stack = f"quicmig ({', '.join(extensions)})" if extensions else "stock aioquic"
     console.print(
         f"[bold]{result.scenario}[/bold]  seed {result.seed}  backend {result.backend}  "
+        f"stack {stack}  "
         f"{transfer.workload}: {transfer.bytes} bytes, "
         + ("intact" if transfer.intact else "[red]not intact[/red]")
         + (f", done at {_s(transfer.completed_at)}" if transfer.completed_at is not None else "")

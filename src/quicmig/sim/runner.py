@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from quicmig.aioquic_ext import connection_class
 from quicmig.core import checks as check_mod
 from quicmig.core.certs import simulation_certificates
 from quicmig.core.datagram import Address, Datagram, format_address
@@ -163,9 +164,11 @@ class Simulation:
         topo = scenario.topology
         server_host = topo.host(topo.server)
         server_ref = f"{server_host.name}.{server_host.interfaces[0].name}"
-        self.server = SimServer(
-            self, server_ref, ServerEndpoint(server_configuration(certs, self.server_logger))
+        server_endpoint = ServerEndpoint(
+            server_configuration(certs, self.server_logger),
+            connection_class=connection_class(scenario.quic),
         )
+        self.server = SimServer(self, server_ref, server_endpoint)
         self.clients: list[SimClient] = []
         for index, host in enumerate(topo.clients):
             iface = scenario.client.interface or host.interfaces[0].name
@@ -408,6 +411,7 @@ class Simulation:
         datagrams = sum(p.stats.delivered for p in self.network.pipes)
         stats = {
             "simulated_seconds": run_end,
+            "quic_extensions": list(scenario.quic.enabled),  # empty: stock aioquic
             "datagrams_delivered": datagrams,
             "links": {
                 p.name: {

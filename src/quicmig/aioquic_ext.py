@@ -1,0 +1,180 @@
+"""quicmig's extensions to aioquic's QuicConnection: parts of RFC 9000 section 9 it leaves undone.
+
+This is the only module that touches private aioquic attributes. Each use names the aioquic
+version it was written against (1.7.2, pinned in pyproject.toml) and the RFC section it
+implements. Every extension is a switch (`QuicExtensions`, the scenario's `[quic]` table);
+with all of them off `connection_class()` returns aioquic's own QuicConnection, so stock
+behaviour stays available and each extension is a measured difference, not a claim.
+
+What aioquic 1.7.2 already does, so it is not repeated here: a lost PATH_CHALLENGE is sent
+again with new data (`_on_path_challenge_delivery`, RFC 9000 section 8.2.1); validation of
+a new peer address is abandoned after three PTOs and the connection falls back to the last
+validated path, or closes silently without one (`_abandon_path_validation`, sections 8.2.4
+and 9.3.2); data to an unvalidated address is capped at three times the bytes received
+from it (`QuicNetworkPath.can_send`, section 8.1 as applied by section 9.3).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from aioquic.quic.congestion.base import create_congestion_control
+from aioquic.quic.connection import END_STATES, NetworkAddress, QuicConnection
+from aioquic.quic.recovery import QuicPacketPacer
+
+from quicmig.model.scenario import QuicExtensions
+
+
+def connection_class(extensions: QuicExtensions) -> type[QuicConnection]:
+    """The connection class for `extensions`: stock QuicConnection when all are off.
+
+    Pass it as `connection_class` to ClientEndpoint / ServerEndpoint.
+    """
+    if not extensions.enabled:
+        return QuicConnection
+
+    class Configured(QuicmigConnection):
+        pass
+
+    Configured.extensions = extensions
+    Configured.__name__ = Configured.__qualname__ = (
+        "QuicmigConnection[" + ",".join(extensions.enabled) + "]"
+    )
+    return Configured
+
+
+class QuicmigConnection(QuicConnection):
+    """aioquic's QuicConnection with the switches in `extensions` applied.
+
+    Drive it exactly like QuicConnection. Use `connection_class()` to get one configured.
+    """
+
+    extensions: ClassVar[QuicExtensions] = QuicExtensions()
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # The peer address whose recovery state the congestion controller currently
+        # describes (reset_recovery), and the first packet number sent after the active
+        # path last changed: packets below it went to an older path.
+        self._qm_recovery_addr: NetworkAddress | None = None
+        self._qm_active_addr: NetworkAddress | None = None
+        self._qm_path_first_pn = 0
+
+    # --- the sans-IO API, wrapped -----------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        super().receive_datagram(data, addr, now)
+        self._qm_after_input()
+
+    def handle_timer(self, now: float) -> None:
+        super().handle_timer(now)
+        self._qm_after_input()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        if self.extensions.challenge_first and self._qm_challenge_blocked():
+            # RFC 9000 sections 8.2.1 and 9.3: the server must validate a new peer address
+            # before sending it more than the anti-amplification allowance, so the
+            # PATH_CHALLENGE is what the new path needs first. Stock aioquic 1.7.2 writes it
+            # inside the congestion-controlled packet loop, and when packets in flight on
+            # the old, often dead path fill the window (bytes_in_flight == cwnd) only a bare
+            # ACK leaves; the challenge waits for a PTO or for ACKs to free the window. RFC
+            # 9002 section 7 lets probe packets exceed the congestion window, and RFC 9000
+            # section 9.4 says packets sent on the old path must not count towards
+            # congestion control on the new one. aioquic 1.7.2's flag for "this packet is a
+            # probe and may exceed the window" is `_probe_pending` (it allows one datagram
+            # and adds a PING); setting it sends the challenge in the first packet on the
+            # new path. The anti-amplification limit still applies (max_total_bytes).
+            self._probe_pending = True  # aioquic 1.7.2 private, RFC 9002 section 7
+        return super().datagrams_to_send(now)
+
+    # --- challenge_first --------------------------------------------------------------------
+
+    def _qm_challenge_blocked(self) -> bool:
+        """A server's PATH_CHALLENGE is due on the active path but the window is full."""
+        # aioquic 1.7.2 private: _is_client, _handshake_complete, _state, _network_paths,
+        # QuicNetworkPath.local_challenge_sent, _loss, _max_datagram_size (RFC 9000 9.3).
+        if self._is_client or not self._handshake_complete or self._state in END_STATES:
+            return False
+        if not self._network_paths:
+            return False
+        path = self._network_paths[0]
+        if path.is_validated or path.local_challenge_sent:
+            return False
+        room = self._loss.congestion_window - self._loss.bytes_in_flight  # bytes
+        return room < self._max_datagram_size
+
+    # --- reset_recovery ---------------------------------------------------------------------
+
+    def _qm_after_input(self) -> None:
+        """After input (the only time the active path changes): follow the peer's address."""
+        # aioquic 1.7.2 private: _is_client, _state, _network_paths, _packet_number.
+        if self._is_client or self._state in END_STATES or not self._network_paths:
+            return
+        path = self._network_paths[0]
+        if path.addr != self._qm_active_addr:
+            # Promoted by a non-probing packet (RFC 9000 section 9.3) or restored after a
+            # failed validation (section 9.3.2). Nothing has been sent to it since: sending
+            # only happens in datagrams_to_send(), so every packet numbered from here on
+            # goes to this address.
+            self._qm_active_addr = path.addr
+            self._qm_path_first_pn = self._packet_number
+        if not path.is_validated:
+            return
+        if self._qm_recovery_addr is None:
+            self._qm_recovery_addr = path.addr  # validated by the handshake
+            return
+        if path.addr == self._qm_recovery_addr:
+            return
+        old, self._qm_recovery_addr = self._qm_recovery_addr, path.addr
+        # RFC 9000 section 9.4: reset "unless the only change in the peer's address is its
+        # port number" -- a NAT rebinding keeps its path's congestion state and RTT.
+        if self.extensions.reset_recovery and old[0] != path.addr[0]:
+            self._qm_reset_recovery(self._qm_path_first_pn)
+
+    def _qm_reset_recovery(self, first_new_pn: int) -> None:
+        """Fresh congestion controller and RTT estimate for the new, just validated path.
+
+        RFC 9000 section 9.4: "On confirming a peer's ownership of its new address, an
+        endpoint MUST immediately reset the congestion controller and round-trip time
+        estimator for the new path to initial values" (RFC 9002 appendices A.3, B.3), and
+        "Packets sent on the old path MUST NOT contribute to congestion control or RTT
+        estimation for the new path."
+
+        Packets still in flight on the old path: they stay tracked by loss detection, so
+        their data is retransmitted on the new path once declared lost (by the packet
+        threshold as soon as newer packets are acknowledged, RFC 9002 section 6.1.1), or
+        acknowledged if they arrive after all (make-before-break). They stop counting as
+        bytes in flight, so neither their acknowledgement nor their loss moves the new
+        path's window: they belong to another path's controller (section 9.4 above). We do
+        not declare them lost at once: on an overlap they may still be delivered, and a
+        spurious retransmission would cost the new path's window. Packets already sent to
+        the new address (the PATH_CHALLENGE among them) count towards the new controller.
+        """
+        # aioquic 1.7.2 private: QuicPacketRecovery._cc, ._pacer, ._rtt_*, ._pto_count,
+        # .spaces[].sent_packets, QuicSentPacket.in_flight, _configuration, _max_datagram_size.
+        loss = self._loss
+        loss._cc = create_congestion_control(
+            self._configuration.congestion_control_algorithm,
+            max_datagram_size=self._max_datagram_size,
+        )
+        loss._pacer = QuicPacketPacer(max_datagram_size=self._max_datagram_size)
+        # RFC 9002 appendix A.3: initial values of the RTT estimator.
+        loss._rtt_initialized = False
+        loss._rtt_latest = 0.0
+        loss._rtt_min = math.inf
+        loss._rtt_smoothed = 0.0
+        loss._rtt_variance = 0.0
+        loss._rtt_first_sample_time = 0.0
+        loss._pto_count = 0
+        for space in loss.spaces:
+            for number, packet in space.sent_packets.items():
+                if not packet.in_flight:
+                    continue
+                if number < first_new_pn:
+                    packet.in_flight = False  # old path: out of the new controller
+                else:
+                    loss._cc.on_packet_sent(packet=packet)
+        if self._quic_logger is not None:
+            # The window and bytes in flight; the RTT is logged with its first new sample.
+            loss._log_metrics_updated()
