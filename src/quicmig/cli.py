@@ -8,8 +8,11 @@ from collections.abc import Sequence
 
 from quicmig import __version__
 from quicmig.commands import certs as certs_command
+from quicmig.commands import check as check_command
 from quicmig.commands import client as client_command
 from quicmig.commands import demo as demo_command
+from quicmig.commands import lab as lab_command
+from quicmig.commands import proxy as proxy_command
 from quicmig.commands import run as run_command
 from quicmig.commands import scenarios as scenarios_command
 from quicmig.commands import server as server_command
@@ -22,6 +25,9 @@ COMMANDS = (
     server_command,
     client_command,
     demo_command,
+    check_command,
+    proxy_command,
+    lab_command,
 )
 
 

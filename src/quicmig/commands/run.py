@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from quicmig.sim.runner import RunOptions, run_scenario
 
     console = make_console()
+    if args.backend == "proxy":
+        return _run_proxy(args, console)
     if args.backend != "sim":
         raise InputError(
             f"--backend {args.backend}: not available yet (the proxy and namespace lab backends "
@@ -209,3 +211,31 @@ def _report_one(
     else:
         print_result(console, result, scenario.expect.why)
 
+
+def _run_proxy(args: argparse.Namespace, console: Console) -> int:
+    """One scenario over real UDP through `quicmig proxy` (see quicmig.live.runner)."""
+    import asyncio
+
+    from quicmig.live.runner import LiveOptions, run_live
+    from quicmig.proxy.driver import ProxyDriver
+
+    if args.target == "all":
+        raise InputError("--backend proxy runs one scenario at a time; name it")
+    for flag in ("pcap", "qlog_dir", "out", "plot"):
+        if getattr(args, flag) is not None:
+            raise InputError(
+                f"--{flag.replace('_', '-')} is not available with --backend proxy yet "
+                "(use `quicmig proxy --pcap` by hand, or --backend sim)"
+            )
+    scenario = load_scenario(args.target, args.overrides)
+    _check_outputs(args)
+    options = LiveOptions(seed=args.seed, keylog=args.keylog)
+    result = asyncio.run(run_live(scenario, ProxyDriver(scenario, args.seed), options))
+    if args.json is not None:
+        result.files["json"] = str(args.json)
+        _dump([result], args.json, False)
+    if args.quiet:
+        console.print(f"{result.scenario}: {result.verdict.value}")
+    else:
+        print_result(console, result, scenario.expect.why)
+    return 0 if result.verdict.value == "passed" else 1

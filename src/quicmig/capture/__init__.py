@@ -1,0 +1,1 @@
+"""Capture analysis: quic-interop-runner's migration checks on a pcap decrypted by tshark."""

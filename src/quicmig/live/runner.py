@@ -1,0 +1,217 @@
+"""Run a scenario live, over real UDP on this host, and build the simulator's Result from it.
+
+The same Scenario as the simulator; the network in between is a `NetworkDriver`:
+`proxy` (quicmig.proxy: a userspace middlebox) now, the namespace lab later. The runner
+
+1. starts the live server (`LiveServer`, the simulator's endpoint and tracker) on 127.0.0.1,
+2. asks the driver for the address the client must reach (`await driver.start(server)`),
+3. connects the live client there and starts the workload (downloads only, for now),
+4. applies the timeline in real time, on the server's clock (seconds since it started):
+   each event the driver supports (`driver.unsupported(event)` returns None) is applied with
+   `await driver.apply(event)`, which returns the NetworkChange that really happened; the
+   others become checks with `passed=None` (verdict unsupported) and a reason,
+5. builds the Result with the same `migration_results()`, checks and verdict as the
+   simulator, from the live server's tracker. `backend` is the driver's name.
+
+A driver for the lab implements the same four calls (start, unsupported, apply, aclose) plus
+`stats()`; CID rotations are client actions and handled here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from quicmig.core import checks as check_mod
+from quicmig.core.datagram import Address, format_address
+from quicmig.core.measure import migration_results
+from quicmig.core.results import Check, NetworkChange, Result, Series, Transfer
+from quicmig.errors import InputError, QuicmigError
+from quicmig.live.certs import CertPaths, write
+from quicmig.live.client import LiveClient
+from quicmig.live.server import LiveServer
+from quicmig.model.scenario import CidRotate, Download, NatRebind, Scenario, TimelineEvent
+
+LINGER = 1.0  # seconds after the workload for the last validations to land
+
+
+class NetworkDriver(Protocol):
+    """The network between the live client and the live server."""
+
+    name: str  # the Result's `backend`
+
+    async def start(self, server: Address) -> Address:
+        """Set up the path to `server`; return the address the client must connect to."""
+        ...
+
+    def unsupported(self, event: TimelineEvent) -> str | None:
+        """None if `apply(event)` can do it, else the reason it cannot (one line)."""
+        ...
+
+    async def apply(self, event: TimelineEvent, now: float) -> NetworkChange:
+        """Do `event` now (`now`: the run's clock); return what was done."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the Result's `stats` (datagrams forwarded, lost, ...)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    seed: int = 1
+    keylog: Path | None = None  # server-side TLS secrets (SSLKEYLOGFILE)
+
+
+def expand(scenario: Scenario) -> list[TimelineEvent]:
+    """The timeline with periodic NAT rebindings unrolled up to the scenario's duration."""
+    out: list[TimelineEvent] = []
+    for event in scenario.timeline:
+        out.append(event)
+        if isinstance(event, NatRebind) and event.every is not None:
+            at = event.at + event.every
+            while at < scenario.duration:
+                out.append(NatRebind(at, event.nat, event.new_address))
+                at += event.every
+    return sorted(out, key=lambda e: e.at)
+
+
+async def run_live(scenario: Scenario, driver: NetworkDriver, options: LiveOptions) -> Result:
+    if not isinstance(scenario.workload, Download):
+        raise InputError(
+            f"scenario {scenario.name}: live backends run download workloads only so far; "
+            f"this one is {type(scenario.workload).__name__.lower()} (use --backend sim)"
+        )
+    wall_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="quicmig-live-") as folder:
+        certs = CertPaths.in_dir(Path(folder))
+        write(certs)
+        server = LiveServer(
+            certs, [("127.0.0.1", 0)], secrets_log=options.keylog, log=lambda line: None
+        )
+        async with server:
+            try:
+                target = await driver.start(server.addresses[0])
+                return await _run(scenario, driver, options, server, certs, target, wall_start)
+            finally:
+                await driver.aclose()
+
+
+async def _run(
+    scenario: Scenario,
+    driver: NetworkDriver,
+    options: LiveOptions,
+    server: LiveServer,
+    certs: CertPaths,
+    target: Address,
+    wall_start: float,
+) -> Result:
+    assert isinstance(scenario.workload, Download)
+    size = scenario.workload.size
+    changes: list[NetworkChange] = []
+    checks: list[Check] = []
+    for setting, value in (
+        ("keepalive_s", scenario.client.keepalive),
+        ("failover_after_s", scenario.client.failover_after),
+    ):
+        if value is not None:
+            checks.append(Check(f"client-{setting}", None, "the live client does not apply it yet"))
+    deliveries: list[float] = []
+    async with LiveClient(target, ca=certs.ca, server_name="localhost") as client:
+        started = server.now()
+
+        async def timeline() -> None:
+            for event in expand(scenario):
+                await asyncio.sleep(max(0.0, event.at - server.now()))
+                if isinstance(event, CidRotate):
+                    await client.migrate("cid-rotation")
+                    changes.append(NetworkChange(server.now(), "cid-rotate", "new CID", False))
+                    continue
+                reason = driver.unsupported(event)
+                name = type(event).__name__
+                if reason is not None:
+                    checks.append(
+                        Check(f"event-{name}@{event.at:g}s", None, f"{driver.name}: {reason}")
+                    )
+                    continue
+                changes.append(await driver.apply(event, server.now()))
+
+        def progress(received: int) -> None:
+            deliveries.append(server.now())
+
+        events = asyncio.ensure_future(timeline())
+        download = None
+        try:
+            download = await client.download(
+                size, seed=scenario_seed(options), on_progress=progress, timeout=scenario.duration
+            )
+        except QuicmigError as exc:
+            checks.append(Check("workload", False, str(exc)))
+        # Events due during a short linger still run; the rest of the timeline is cut.
+        await asyncio.sleep(min(LINGER, max(0.0, scenario.duration - server.now())))
+        events.cancel()
+        await asyncio.gather(events, return_exceptions=True)
+        with contextlib.suppress(QuicmigError):
+            await client.send_message(b"done")  # the client speaks from its final path
+            await client.confirmed_record(timeout=1.0)
+        run_end = server.now()
+    live = server.connections[0].server_conn
+    tracker = live.tracker
+    done_at = download.seconds + started if download is not None else None
+    transfer = Transfer(
+        workload="download",
+        bytes=download.received if download else 0,
+        expected_bytes=size,
+        intact=download.intact if download else False,
+        started_at=started,
+        completed_at=done_at if download is not None and download.intact else None,
+        sha256=download.sha256 if download else None,
+    )
+    migrations = migration_results(tracker, changes, deliveries, done_at, run_end)
+    challenges = tracker.challenges
+    checks = [
+        check_mod.transfer_check(transfer),
+        *check_mod.migration_checks(
+            scenario.expect,
+            migrations,
+            changes,
+            len(tracker.peers_seen),
+            len(challenges),
+            sum(c.answered_at is not None for c in challenges),
+            len(tracker.cid_rotations),
+        ),
+        *checks,
+    ]
+    verdict, reasons = check_mod.verdict(checks)
+    wall = time.perf_counter() - wall_start
+    return Result(
+        scenario=scenario.name,
+        backend=driver.name,
+        seed=options.seed,
+        verdict=verdict,
+        expected_verdict=scenario.expect.verdict,
+        reasons=reasons,
+        checks=checks,
+        transfer=transfer,
+        migrations=migrations,
+        cid_rotations=[r.at for r in tracker.cid_rotations],
+        network_changes=changes,
+        paths_seen=[format_address(p) for p in tracker.peers_seen],
+        # live backends: "simulated_seconds" is the run's real length (schema kept)
+        stats={"simulated_seconds": run_end, **driver.stats()},
+        wall={"seconds": wall, "datagrams_per_second": 0.0, "speedup": run_end / wall},
+        series=Series([], [], []),
+        files={"keylog": str(options.keylog)} if options.keylog else {},
+    )
+
+
+def scenario_seed(options: LiveOptions) -> int:
+    """The content seed of the download (the body depends on it, the checks do not)."""
+    return options.seed

@@ -1,0 +1,1 @@
+"""`quicmig proxy`: a userspace UDP middlebox (NAT rebinding, link impairments, pcap)."""

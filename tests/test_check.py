@@ -1,0 +1,244 @@
+"""`quicmig check` on captures with a known outcome, made by the simulator in the test.
+
+Each capture's findings are compared with the simulator's own Result for the same run: the
+same client addresses, the same detection time (pcap timestamps are virtual time), the same
+PATH_CHALLENGE findings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quicmig.capture.tshark import read_datagrams
+from quicmig.cli import main
+from quicmig.core.results import Result
+from quicmig.model.loader import load_scenario
+from quicmig.sim.runner import RunOptions, run_scenario
+
+pytestmark = [
+    pytest.mark.tshark,
+    pytest.mark.skipif(
+        shutil.which("tshark") is None, reason="tshark is not installed (apt-get install tshark)"
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SimCapture:
+    pcap: Path
+    keylog: Path
+    result: Result
+
+
+class Captures:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._cache: dict[str, SimCapture] = {}
+
+    def __call__(self, name: str, *overrides: str) -> SimCapture:
+        if name not in self._cache:
+            pcap, keylog = self.folder / f"{name}.pcap", self.folder / f"{name}.keys"
+            scenario = load_scenario(name, overrides)
+            result = run_scenario(scenario, RunOptions(seed=1, pcap=pcap, keylog=keylog))
+            self._cache[name] = SimCapture(pcap, keylog, result)
+        return self._cache[name]
+
+
+@pytest.fixture(scope="module")
+def sim_capture(tmp_path_factory: pytest.TempPathFactory) -> Captures:
+    return Captures(tmp_path_factory.mktemp("check"))
+
+
+def check(
+    capture: SimCapture | Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *extra: str,
+    keylog: Path | None = None,
+) -> tuple[int, dict[str, Any], str]:
+    pcap = capture.pcap if isinstance(capture, SimCapture) else capture
+    keys = capture.keylog if isinstance(capture, SimCapture) else keylog
+    out = tmp_path / "check.json"
+    argv = ["check", str(pcap), "--json", str(out), *extra]
+    if keys is not None:
+        argv += ["--keylog", str(keys)]
+    code = main(argv)
+    text = capsys.readouterr().out
+    return code, json.loads(out.read_text()), text
+
+
+def assert_same_migrations(report: dict[str, Any], result: Result) -> None:
+    """The capture's path changes are the simulator tracker's migrations, one for one."""
+    (conn,) = report["connections"]
+    found = conn["migrations"]
+    assert len(found) == len(result.migrations) >= 1
+    start = report["start_epoch"]
+    for seen, sim in zip(found, result.migrations, strict=True):
+        assert (seen["observed"], seen["old_peer"], seen["new_peer"]) == (
+            sim.observed,
+            sim.old_peer,
+            sim.new_peer,
+        )
+        assert start + seen["detected_at"] == pytest.approx(sim.detected_at, abs=1e-5)
+        assert seen["first_packet_had_challenge"] == sim.first_packet_had_challenge
+        assert (seen["validated_at"] is not None) == (sim.validated_at is not None)
+        if sim.validation_rtt is not None:
+            assert seen["validation_rtt"] == pytest.approx(sim.validation_rtt, abs=1e-5)
+        assert seen["cid_changed"] == sim.cid_changed
+    assert [p["peer"] for p in conn["paths"]] == result.paths_seen
+
+
+def test_nat_rebinding_capture_passes(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = sim_capture("nat-rebinding")
+    assert capture.result.verdict.value == "passed"
+    code, report, text = check(capture, tmp_path, capsys)
+    assert code == 0
+    assert report["verdict"] == "passed" and report["migrated"] is True
+    assert {c["name"]: c["passed"] for c in report["checks"]} == {
+        "multiple-paths": True,
+        "first-packet-challenge": True,
+        "challenges-answered": True,
+    }
+    assert_same_migrations(report, capture.result)
+    assert "Verdict: PASSED" in text
+
+
+def test_blackhole_capture_fails_first_packet_challenge_like_the_simulator(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = sim_capture("blackhole")
+    sim_checks = {c.name: c.passed for c in capture.result.checks}
+    assert sim_checks["first-packet-challenge"] is False
+    code, report, _ = check(capture, tmp_path, capsys)
+    assert code == 1
+    checks = {c["name"]: c["passed"] for c in report["checks"]}
+    assert checks["first-packet-challenge"] is False
+    assert checks["challenges-answered"] is True
+    assert report["verdict"] == "failed"
+    assert_same_migrations(report, capture.result)
+    # --active: the client moved on purpose, and it did take a new DCID.
+    code, report, _ = check(capture, tmp_path, capsys, "--active")
+    checks = {c["name"]: c["passed"] for c in report["checks"]}
+    assert checks["new-dcid-after-active-migration"] is True
+
+
+def test_no_migration_is_said_clearly(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = sim_capture("cid-rotation")
+    assert capture.result.migrations == [] and len(capture.result.cid_rotations) == 2
+    code, report, text = check(capture, tmp_path, capsys)
+    assert code == 1
+    assert report["migrated"] is False and report["verdict"] == "failed"
+    assert report["reasons"][0].startswith("multiple-paths: no migration in this capture")
+    assert "no migration in this capture" in text
+    (conn,) = report["connections"]
+    assert len(conn["paths"]) == 1 and conn["migrations"] == []
+
+
+def drop_records(source: Path, target: Path, numbers: set[int]) -> int:
+    """Copy a classic pcap without the records whose 1-based frame numbers are in `numbers`."""
+    data = source.read_bytes()
+    out = bytearray(data[:24])
+    offset, number, dropped = 24, 0, 0
+    while offset < len(data):
+        length = struct.unpack_from("<I", data, offset + 8)[0]
+        number += 1
+        record = data[offset : offset + 16 + length]
+        offset += 16 + length
+        if number in numbers:
+            dropped += 1
+        else:
+            out += record
+    target.write_bytes(bytes(out))
+    return dropped
+
+
+def test_unanswered_challenge_fails(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = sim_capture("nat-rebinding")
+    datagrams = read_datagrams(capture.pcap, capture.keylog)
+    with_response = {d.number for d in datagrams if d.responses}
+    assert with_response, "the simulated capture holds a PATH_RESPONSE"
+    filtered = tmp_path / "no-response.pcap"
+    assert drop_records(capture.pcap, filtered, with_response) == len(with_response)
+    code, report, _ = check(filtered, tmp_path, capsys, keylog=capture.keylog)
+    assert code == 1
+    checks = {c["name"]: (c["passed"], c["detail"]) for c in report["checks"]}
+    assert checks["challenges-answered"][0] is False
+    assert "unanswered" in checks["challenges-answered"][1]
+    assert checks["first-packet-challenge"][0] is True
+    (mig,) = report["connections"][0]["migrations"]
+    assert mig["validated_at"] is None
+
+
+def test_pcapng_gives_the_same_findings(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = sim_capture("nat-rebinding")
+    ng = tmp_path / "x.pcapng"
+    subprocess.run(
+        ["tshark", "-r", str(capture.pcap), "-F", "pcapng", "-w", str(ng)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert ng.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+    code, report, _ = check(ng, tmp_path, capsys, keylog=capture.keylog)
+    assert code == 0
+    assert_same_migrations(report, capture.result)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_bad_input_is_one_line_exit_2(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = sim_capture("nat-rebinding")
+    other = sim_capture("cid-rotation")
+    cases = {
+        "not a pcap or pcapng file": ["check", str(capture.keylog)],
+        "decrypts none of the": ["check", str(capture.pcap), "--keylog", str(other.keylog)],
+        "are encrypted; pass the TLS key log": ["check", str(capture.pcap)],
+        "no such file": ["check", str(tmp_path / "missing.pcap")],
+    }
+    for expected, argv in cases.items():
+        code, err = run_cli(argv, capsys)
+        assert code == 2, argv
+        assert err.count("\n") == 1 and expected in err, err
+
+
+def test_tshark_missing_or_too_old(
+    sim_capture: Captures,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    capture = sim_capture("cid-rotation")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    code, err = run_cli(["check", str(capture.pcap), "--keylog", str(capture.keylog)], capsys)
+    assert code == 1 and "tshark is not installed" in err and "apt-get install tshark" in err
+    fake = empty / "tshark"
+    fake.write_text("#!/bin/sh\necho 'TShark (Wireshark) 3.2.3 (Git v3.2.3)'\n")
+    fake.chmod(0o755)
+    code, err = run_cli(["check", str(capture.pcap), "--keylog", str(capture.keylog)], capsys)
+    assert code == 1 and "tshark 3.2.3 is too old" in err and err.count("\n") == 1
+    assert os.environ["PATH"] == str(empty)
