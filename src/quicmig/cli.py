@@ -3,35 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from quicmig import __version__
-from quicmig.commands import certs as certs_command
-from quicmig.commands import check as check_command
-from quicmig.commands import client as client_command
-from quicmig.commands import demo as demo_command
-from quicmig.commands import lab as lab_command
-from quicmig.commands import proxy as proxy_command
-from quicmig.commands import run as run_command
-from quicmig.commands import scenarios as scenarios_command
-from quicmig.commands import server as server_command
 from quicmig.errors import QuicmigError
 
-COMMANDS = (
-    scenarios_command,
-    run_command,
-    certs_command,
-    server_command,
-    client_command,
-    demo_command,
-    check_command,
-    proxy_command,
-    lab_command,
-)
+COMMANDS: dict[str, str] = {  # name -> one line for `quicmig --help`; module quicmig.commands.NAME
+    "scenarios": "list the built-in scenarios",
+    "run": "run a scenario and report its migrations and checks",
+    "certs": "create the local CA and server certificate for the live server",
+    "server": "run the live QUIC server (real UDP), logging the migrations it observes",
+    "client": "connect to the live server and migrate the connection for real",
+    "demo": "interactive tour: concepts, and scenarios with their real packets",
+    "check": "check the migrations in a capture (pcap/pcapng + TLS key log) with tshark",
+    "proxy": "a UDP middlebox between a QUIC client and server: NAT rebinding, impairments",
+    "lab": "a real network in Linux namespaces: kernel NAT, interface switch, IP change (root)",
+    "compare": "results of one scenario from different backends or seeds, side by side",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the `selected` command's module is imported and registers its options.
+
+    The other commands get a placeholder with their one-line summary, which is all
+    `quicmig --help` shows: importing every command would load the live server, the proxy
+    and the capture code for every `quicmig run`.
+    """
     parser = argparse.ArgumentParser(
         prog="quicmig",
         description="A lab for QUIC connection migration: real aioquic connections surviving "
@@ -40,14 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"quicmig {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.register(subparsers)
+    for name, summary in COMMANDS.items():
+        if name == selected:
+            module = importlib.import_module(f"quicmig.commands.{name}")
+            module.register(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # The command comes first; `quicmig --help` and `quicmig --version` select none.
+    selected = args_list[0] if args_list and not args_list[0].startswith("-") else None
+    parser = build_parser(selected)
+    args = parser.parse_args(args_list)
     try:
         code: int = args.handler(args)
         return code

@@ -12,7 +12,6 @@ from quicmig.live.certs import SAN_IPS, SAN_NAMES, CertPaths, check_server_pair,
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "certs",
-        help="create the local CA and server certificate for the live server",
         description="Create cert.pem and key.pem (the server's certificate and key) and ca.pem "
         "(the local CA that signed it; clients verify the server against it) in DIR, the "
         "current directory by default. `quicmig server` does this by itself on first start. "

@@ -17,7 +17,6 @@ from quicmig.report.table import VERDICT_STYLE, make_console
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "check",
-        help="check the migrations in a capture (pcap/pcapng + TLS key log) with tshark",
         description="Decrypt CAPTURE with tshark and the TLS key log, reconstruct each QUIC "
         "connection's paths and when it switched, and run quic-interop-runner's migration "
         "checks: more than one path; the server's first datagram on each new path carries "

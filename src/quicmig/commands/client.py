@@ -46,7 +46,6 @@ QUIC_LOGGER = "quic"
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "client",
-        help="connect to the live server and migrate the connection for real",
         description="Connect to `quicmig server`, exchange messages, and migrate the live "
         "connection for real: nat-rebinding (new UDP socket, new source port, same address, "
         "same CID), ip-change (new local address, new CID), network-switch (to another local "

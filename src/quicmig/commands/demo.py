@@ -9,7 +9,6 @@ import sys
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="interactive tour: concepts, and scenarios with their real packets",
         description="An interactive tour of QUIC connection migration. Topics explain "
         "connection IDs, path validation, anti-amplification, probing packets, connection ID "
         "rotation and preferred addresses; each scenario runs in the simulator and shows, as a "

@@ -19,7 +19,6 @@ from quicmig.report.table import make_console
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "lab",
-        help="a real network in Linux namespaces: kernel NAT, interface switch, IP change (root)",
         description="Build a network in Linux network namespaces (a client with WiFi and "
         "cellular veths, a router doing NAT with nftables and conntrack, a server), run the live "
         "server and client inside it, and move the network under the client mid-transfer: NAT "

@@ -40,7 +40,6 @@ IMPAIRMENT_FLAGS = (
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "proxy",
-        help="a UDP middlebox between a QUIC client and server: NAT rebinding, impairments",
         description="Forward UDP from --listen to --upstream like a NAT, rebinding (a new "
         "source port, or with --rebind-addr a new loopback address) on a schedule or on "
         "demand (SIGUSR1, or `quicmig proxy ctl rebind`), with the simulator's link model "

@@ -23,7 +23,6 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="run a scenario and report its migrations and checks",
         description="Run a built-in scenario (see `quicmig scenarios`), a scenario FILE.toml, "
         "or `all` built-in scenarios, and print the migrations the server observed and the "
         "checks. Exit status: 0 passed (for `all`: every verdict as expected), 1 failed or "

@@ -13,7 +13,6 @@ from quicmig.report.table import make_console
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "scenarios",
-        help="list the built-in scenarios",
         description="List the built-in scenarios with one line each, or print one as TOML "
         "(a starting point for a custom scenario file).",
     )

@@ -21,7 +21,6 @@ QUIC_LOGGER = "quic"
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "server",
-        help="run the live QUIC server (real UDP), logging the migrations it observes",
         description="Run a QUIC server on real UDP sockets. It serves the quicmig message "
         "protocol (ALPN quicmig, used by `quicmig client`) and HTTP/3 (ALPN h3: / is a status "
         "page, /migrations the migration records of every connection as JSON, /bytes/N N "
