@@ -154,7 +154,7 @@ def test_quicmig_stack_passes_where_stock_fails() -> None:
         assert scenario.expect.verdict == "passed"
         result = sim._result(sim.scheduler.now, 1.0)
         assert result.verdict.value == "passed", result.reasons
-        assert result.stats["quic_extensions"] == ["challenge_first", "reset_recovery"]
+        assert result.stats["quic_extensions"] == list(QuicExtensions.NAMES)
 
 
 # --- reset_recovery (RFC 9000 section 9.4) -------------------------------------------------

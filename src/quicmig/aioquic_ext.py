@@ -16,31 +16,55 @@ from it (`QuicNetworkPath.can_send`, section 8.1 as applied by section 9.3).
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 from typing import ClassVar
 
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
+from aioquic.quic import events
 from aioquic.quic.congestion.base import create_congestion_control
-from aioquic.quic.connection import END_STATES, NetworkAddress, QuicConnection
+from aioquic.quic.connection import (
+    END_STATES,
+    NetworkAddress,
+    QuicConnection,
+    QuicConnectionId,
+)
+from aioquic.quic.packet import (
+    QuicPreferredAddress,
+    pull_quic_transport_parameters,
+    push_quic_transport_parameters,
+)
 from aioquic.quic.recovery import QuicPacketPacer
 
-from quicmig.model.scenario import QuicExtensions
+from quicmig.model.scenario import QuicExtensions, ServerSettings
+
+STATELESS_RESET_TOKEN_SIZE = 16  # bytes, RFC 9000 section 10.3
 
 
-def connection_class(extensions: QuicExtensions) -> type[QuicConnection]:
-    """The connection class for `extensions`: stock QuicConnection when all are off.
+def connection_class(
+    extensions: QuicExtensions, server: ServerSettings | None = None
+) -> type[QuicConnection]:
+    """The connection class for `extensions` and the server's `server` settings.
 
-    Pass it as `connection_class` to ClientEndpoint / ServerEndpoint.
+    Stock QuicConnection when every switch is off and the server advertises nothing
+    aioquic cannot. Pass it as `connection_class` to ClientEndpoint / ServerEndpoint.
     """
-    if not extensions.enabled:
+    settings = server or ServerSettings()
+    if not extensions.enabled and not settings.enabled:
         return QuicConnection
 
     class Configured(QuicmigConnection):
         pass
 
     Configured.extensions = extensions
-    Configured.__name__ = Configured.__qualname__ = (
-        "QuicmigConnection[" + ",".join(extensions.enabled) + "]"
-    )
+    Configured.server_settings = settings
+    names = list(extensions.enabled)
+    if settings.preferred_address is not None:
+        names.append("preferred_address")
+    if settings.disable_active_migration:
+        names.append("disable_active_migration")
+    Configured.__name__ = Configured.__qualname__ = "QuicmigConnection[" + ",".join(names) + "]"
     return Configured
 
 
@@ -51,9 +75,15 @@ class QuicmigConnection(QuicConnection):
     """
 
     extensions: ClassVar[QuicExtensions] = QuicExtensions()
+    server_settings: ClassVar[ServerSettings] = ServerSettings()
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # The server's disable_active_migration as this client read it (RFC 9000 18.2).
+        self._qm_peer_disable_active_migration = False
+        self._qm_preferred_cid: QuicConnectionId | None = None
+        if not self._is_client and self.server_settings.preferred_address is not None:
+            self._qm_issue_preferred_cid()
         # The peer address whose recovery state the congestion controller currently
         # describes (reset_recovery), and the first packet number sent after the active
         # path last changed: packets below it went to an older path.
@@ -87,6 +117,93 @@ class QuicmigConnection(QuicConnection):
             # new path. The anti-amplification limit still applies (max_total_bytes).
             self._probe_pending = True  # aioquic 1.7.2 private, RFC 9002 section 7
         return super().datagrams_to_send(now)
+
+    # --- transport parameters: preferred_address, disable_active_migration ----------------
+
+    @property
+    def peer_disabled_active_migration(self) -> bool:
+        """The server sent disable_active_migration (RFC 9000 section 18.2); client side."""
+        return self._qm_peer_disable_active_migration
+
+    def active_migration_refusal(self) -> str | None:
+        """Why this client must not migrate actively, or None if it may.
+
+        Only with the `honour_disable_migration` switch: stock aioquic 1.7.2 never reads the
+        parameter, so a stock client migrates whatever the server said.
+        """
+        if not (self._is_client and self.extensions.honour_disable_migration):
+            return None
+        if not self._qm_peer_disable_active_migration:
+            return None
+        return (
+            "the server sent disable_active_migration (RFC 9000 section 18.2): this client "
+            "does not migrate actively and stays on its current address"
+        )
+
+    def _qm_issue_preferred_cid(self) -> None:
+        """RFC 9000 sections 5.1.1 and 18.2: the preferred address carries the connection ID
+        with sequence number 1 and its stateless reset token."""
+        # aioquic 1.7.2 private: _host_cids, _host_cid_seq (1 for a new connection),
+        # _configuration, _events. was_sent=True: the transport parameters carry it, so no
+        # NEW_CONNECTION_ID frame repeats it; the event tells the endpoint to route it, as
+        # aioquic does for the IDs it issues in NEW_CONNECTION_ID frames.
+        assert self._host_cid_seq == 1
+        cid = QuicConnectionId(
+            cid=os.urandom(self._configuration.connection_id_length),
+            sequence_number=self._host_cid_seq,
+            stateless_reset_token=os.urandom(STATELESS_RESET_TOKEN_SIZE),
+            was_sent=True,
+        )
+        self._host_cids.append(cid)
+        self._host_cid_seq += 1
+        self._qm_preferred_cid = cid
+        self._events.append(events.ConnectionIdIssued(connection_id=cid.cid))
+
+    def _serialize_transport_parameters(self) -> bytes:
+        # aioquic 1.7.2 private: QuicConnection._serialize_transport_parameters builds the
+        # parameters without disable_active_migration or preferred_address (a server could
+        # not send either); add them to what it built. RFC 9000 section 18.2.
+        data = super()._serialize_transport_parameters()
+        settings = self.server_settings
+        if self._is_client or not settings.enabled:
+            return data
+        params = pull_quic_transport_parameters(Buffer(data=data))
+        if settings.disable_active_migration:
+            params.disable_active_migration = True
+        preferred = settings.preferred_address
+        if preferred is not None and self._qm_preferred_cid is not None:
+            token = self._qm_preferred_cid.stateless_reset_token
+            assert token is not None
+            ipv4 = ipaddress.ip_address(preferred[0]).version == 4
+            params.preferred_address = QuicPreferredAddress(
+                ipv4_address=preferred if ipv4 else None,
+                ipv6_address=None if ipv4 else preferred,
+                connection_id=self._qm_preferred_cid.cid,
+                stateless_reset_token=token,
+            )
+        if self._quic_logger is not None:
+            self._quic_logger.log_event(
+                category="transport",
+                event="parameters_set",
+                data={
+                    "owner": "local",
+                    "disable_active_migration": params.disable_active_migration,
+                    "preferred_address": None
+                    if preferred is None
+                    else {"address": list(preferred), "sequence_number": 1},
+                },
+            )
+        buf = Buffer(capacity=3 * self._max_datagram_size)
+        push_quic_transport_parameters(buf, params)
+        return bytes(buf.data)
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        # aioquic 1.7.2 private: it parses disable_active_migration and drops it; read it
+        # again from the same bytes (RFC 9000 section 18.2).
+        super()._parse_transport_parameters(data, from_session_ticket)
+        if self._is_client and not from_session_ticket:
+            params = pull_quic_transport_parameters(Buffer(data=data))
+            self._qm_peer_disable_active_migration = bool(params.disable_active_migration)
 
     # --- challenge_first --------------------------------------------------------------------
 

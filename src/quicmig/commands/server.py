@@ -13,6 +13,7 @@ from quicmig.core.datagram import Address, format_address
 from quicmig.errors import InputError
 from quicmig.live.certs import CERT_FILE, KEY_FILE, SAN_IPS, SAN_NAMES, CertPaths, write
 from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT, LiveServer
+from quicmig.model.topology import parse_host_port
 
 # aioquic warns on stderr about every connection closed with an error; our log says it.
 QUIC_LOGGER = "quic"
@@ -31,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  quicmig server\n"
         "  quicmig server --port 4434\n"
         "  quicmig server --listen 127.0.0.1:4433 --listen [::1]:4433\n"
-        "  quicmig server --qlog-dir qlogs --secrets-log keys.log",
+        "  quicmig server --qlog-dir qlogs --secrets-log keys.log\n"
+        "  quicmig server --preferred-address 127.0.0.1:4434",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -53,6 +55,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--key", type=Path, default=Path(KEY_FILE), help=f"private key (default ./{KEY_FILE})"
+    )
+    parser.add_argument(
+        "--preferred-address",
+        action="append",
+        default=[],
+        metavar="IP:PORT",
+        help="advertise this as the server's preferred address (RFC 9000 section 9.6) and "
+        "listen there too; clients validate it and move there (at most one IPv4 and one "
+        "IPv6, each of the family of a listen address; IPv6 as [::1]:4434)",
+    )
+    parser.add_argument(
+        "--disable-active-migration",
+        action="store_true",
+        help="send disable_active_migration (RFC 9000 section 18.2): clients must not "
+        "migrate actively (NAT rebinding still works)",
     )
     parser.add_argument("--qlog-dir", type=Path, metavar="DIR", help="write qlogs here on exit")
     parser.add_argument(
@@ -101,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         listen = [parse_listen(item, args.port) for item in args.listen]
     else:
         listen = [(_host(args.host, "--host"), args.port)]
+    preferred = parse_preferred(args.preferred_address, listen)
     paths = CertPaths.beside(args.cert, args.key)
     if not paths.cert.exists() and not paths.key.exists():
         write(paths)
@@ -109,7 +127,38 @@ def run(args: argparse.Namespace) -> int:
             f"({paths.cert}, key {paths.key}) for {', '.join(SAN_NAMES + SAN_IPS)}",
             flush=True,
         )
-    return asyncio.run(serve(paths, listen, args.qlog_dir, args.secrets_log))
+    return asyncio.run(
+        serve(
+            paths,
+            listen,
+            args.qlog_dir,
+            args.secrets_log,
+            preferred=preferred,
+            disable_active_migration=args.disable_active_migration,
+        )
+    )
+
+
+def parse_preferred(items: list[str], listen: list[Address]) -> list[Address]:
+    """`--preferred-address` values: IP:PORT, of a listen family, not a listen address."""
+    preferred: list[Address] = []
+    for item in items:
+        what = f"--preferred-address {item}"
+        address = parse_host_port(item, what)
+        family = ipaddress.ip_address(address[0]).version
+        families = {ipaddress.ip_address(host).version for host, _ in listen}
+        if family not in families:
+            raise InputError(
+                f"{what}: an IPv{family} address, but the server listens on IPv"
+                f"{' and IPv'.join(str(f) for f in sorted(families))} only; a client only "
+                "moves to a preferred address of the family it connected with"
+            )
+        if address in listen:
+            raise InputError(f"{what}: that is the server's own address; give another")
+        if any(ipaddress.ip_address(p[0]).version == family for p in preferred):
+            raise InputError(f"{what}: one preferred address per family (IPv4, IPv6)")
+        preferred.append(address)
+    return preferred
 
 
 def _log(line: str) -> None:
@@ -117,7 +166,13 @@ def _log(line: str) -> None:
 
 
 async def serve(
-    paths: CertPaths, listen: list[Address], qlog_dir: Path | None, secrets_log: Path | None
+    paths: CertPaths,
+    listen: list[Address],
+    qlog_dir: Path | None,
+    secrets_log: Path | None,
+    *,
+    preferred: list[Address] | None = None,
+    disable_active_migration: bool = False,
 ) -> int:
     """Run until SIGINT (Ctrl-C) or SIGTERM (docker stop), then shut down cleanly."""
     loop = asyncio.get_running_loop()
@@ -129,11 +184,23 @@ async def serve(
             signals.append(sig)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
             pass
-    server = LiveServer(paths, listen, qlog_dir=qlog_dir, secrets_log=secrets_log, log=_log)
+    server = LiveServer(
+        paths,
+        listen,
+        qlog_dir=qlog_dir,
+        secrets_log=secrets_log,
+        log=_log,
+        preferred_addresses=preferred or (),
+        disable_active_migration=disable_active_migration,
+    )
     try:
         addresses = await server.start()
         for address in addresses:
             _log(f"🚀 Starting QUIC server on {format_address(address)}")
+        for address in server.preferred:
+            _log(f"🏠 Preferred address {format_address(address)} (RFC 9000 section 9.6)")
+        if disable_active_migration:
+            _log("🚫 disable_active_migration sent: clients must not migrate actively")
         _log("📋 Server supports connection migration")
         first = format_address(addresses[0])
         shown = first.replace("127.0.0.1", "localhost")

@@ -8,8 +8,12 @@ new path carries PATH_CHALLENGE (RFC 9000 section 9.3); every PATH_CHALLENGE is 
 
 from __future__ import annotations
 
+from quicmig.core.datagram import Address, format_address
 from quicmig.core.results import Check, MigrationResult, NetworkChange, Transfer, Verdict
+from quicmig.core.tracker import ObservedMigration, ServerAddressUse
 from quicmig.model.scenario import Expectation
+
+AMPLIFICATION_FACTOR = 3  # RFC 9000 section 8.1: at most 3x the bytes received, unvalidated
 
 
 def migration_checks(
@@ -91,6 +95,115 @@ def migration_checks(
                 f"the client used a new DCID after all {len(active)} active migrations"
                 if not reused
                 else f"{len(reused)} active migrations kept the old DCID (RFC 9000 section 9.5)",
+            )
+        )
+    return checks
+
+
+def disable_migration_check(
+    migrations: list[MigrationResult], changes: list[NetworkChange]
+) -> Check:
+    """RFC 9000 section 9: after disable_active_migration the client MUST NOT migrate
+    actively; a NAT rebinding (not the client's choice) is still allowed."""
+    active = [m for m in migrations if _caused_by_active(m, changes)]
+    refused = sum(c.event == "migration-refused" for c in changes)
+    return Check(
+        "disable-active-migration-honoured",
+        not active,
+        f"the client refused {refused} active migrations; the server saw none"
+        if not active
+        else f"the client migrated actively {len(active)} times although the server sent "
+        "disable_active_migration; the server validated the new path and followed it",
+    )
+
+
+def preferred_address_checks(
+    preferred: Address, expect_used: bool, use: ServerAddressUse | None
+) -> list[Check]:
+    """RFC 9000 section 9.6 and interop `connectionmigration`, from the server's packets."""
+    where = format_address(preferred)
+    moved = use is not None and use.moved_at is not None
+    if not expect_used:
+        return [
+            Check(
+                "preferred-address-unused",
+                not moved,
+                f"the client stayed on the server's original address; {where} "
+                + ("received nothing" if use is None else "received probing packets only")
+                if not moved
+                else f"the client moved to {where}, expected it to stay",
+            )
+        ]
+    checks = [
+        Check(
+            "preferred-address-used",
+            moved,
+            f"the client moved to {where} at t={use.moved_at:.3f}s"
+            if use is not None and use.moved_at is not None
+            else f"no non-probing packet reached {where}",
+        )
+    ]
+    if use is not None:
+        checks.append(
+            Check(
+                "connectionmigration",
+                use.first_dcid_new,
+                f"the client's first packet to {where} used "
+                + (
+                    "a new DCID"
+                    if use.first_dcid_new
+                    else "a DCID it had used on the original address"
+                ),
+            )
+        )
+    return checks
+
+
+def attack_checks(
+    sources: list[Address],
+    received: dict[Address, int],
+    sent: dict[Address, int],
+    observed: list[ObservedMigration],
+    final_peer: Address | None,
+) -> list[Check]:
+    """RFC 9000 sections 8.1, 9.3.2, 9.3.3: an attacker's copies from another address."""
+    checks = []
+    for source in sources:
+        where = format_address(source)
+        got, gave = received.get(source, 0), sent.get(source, 0)
+        to_it = [m for m in observed if m.new_peer == source]
+        checks.append(
+            Check(
+                "attack-reached-server",
+                got > 0,
+                f"{got} bytes from {where} reached the server; it moved there {len(to_it)} times",
+            )
+        )
+        checks.append(
+            Check(
+                "amplification-limit",
+                gave <= AMPLIFICATION_FACTOR * got,
+                f"the server sent {gave} bytes to unvalidated {where}, "
+                f"{'within' if gave <= AMPLIFICATION_FACTOR * got else 'over'} "
+                f"{AMPLIFICATION_FACTOR} x {got} received",
+            )
+        )
+        validated = [m for m in to_it if m.validated_at is not None]
+        stayed = final_peer == source or any(
+            not any(
+                later.old_peer == source and later.detected_at >= m.detected_at
+                for later in observed
+            )
+            for m in to_it
+        )
+        checks.append(
+            Check(
+                "attacker-path-abandoned",
+                not validated and not stayed,
+                f"{where} never passed validation and the server left it each time"
+                if not validated and not stayed
+                else f"{where}: {len(validated)} validations passed, "
+                f"{'stayed there' if stayed else 'left'}",
             )
         )
     return checks

@@ -19,15 +19,16 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
+from quicmig.aioquic_ext import QuicmigConnection
 from quicmig.core.app import ClientWorkload, ServerApp, make_workload
 from quicmig.core.certs import CertificateSet
 from quicmig.core.datagram import Address
 from quicmig.core.tap import TapLogger, TapTrace
 from quicmig.core.tracker import MigrationTracker
+from quicmig.model.scenario import SERVER_PORT as SERVER_PORT  # re-exported: one definition
 from quicmig.model.scenario import Workload
 
 ALPN = "quicmig"
-SERVER_PORT = 4433
 SMALLEST_INITIAL = 1200  # bytes: RFC 9000 section 14.1, a client Initial is padded to this
 
 # Our own events, translated from aioquic's at the boundary.
@@ -180,6 +181,13 @@ class ClientEndpoint:
     def next_event(self) -> EndpointEvent | None:
         return self._events.popleft() if self._events else None
 
+    def active_migration_refusal(self) -> str | None:
+        """Why this client refuses to migrate actively (the server sent
+        disable_active_migration and the client honours it), or None: ask before migrate()."""
+        if isinstance(self.conn, QuicmigConnection):
+            return self.conn.active_migration_refusal()
+        return None
+
     def migrate(self, now: float, new_cid: bool) -> None:
         """The backend moved this client to a new local address: say so on the wire.
 
@@ -242,6 +250,26 @@ class ClientEndpoint:
                     self._events.append(self.closed)
 
 
+# aioquic 1.7.2 keys a path by the address it is given (an opaque NetworkAddress) and has
+# no notion of the server's own address. A server with a preferred address (RFC 9000
+# section 9.6) is reached at two addresses, and a path is a pair of addresses: datagrams
+# reaching a server address other than the first are given to aioquic with that address
+# appended, so aioquic sees a new path there and applies its own rules to it (probing
+# packets answered there, PATH_CHALLENGE, the anti-amplification limit, promotion by a
+# non-probing packet). Datagrams to the first address keep the plain (host, port) key.
+PathKey = tuple[str, int] | tuple[str, int, str, int]
+
+
+def _path_key(addr: Address, local: Address | None) -> PathKey:
+    return addr if local is None else (addr[0], addr[1], local[0], local[1])
+
+
+def _split_path_key(key: PathKey) -> tuple[Address, Address | None]:
+    if len(key) == 4:
+        return (key[0], key[1]), (key[2], key[3])
+    return (key[0], key[1]), None
+
+
 class ServerConnection:
     """One accepted connection: aioquic's state machine, our tracker, the application."""
 
@@ -280,7 +308,15 @@ class ServerEndpoint:
         self._events: deque[EndpointEvent] = deque()
         self.unroutable = 0  # datagrams matching no connection
 
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+    def receive_datagram(
+        self, data: bytes, addr: Address, now: float, local: Address | None = None
+    ) -> None:
+        """A datagram from `addr` arrived at the server's `local` address; None: its first.
+
+        A backend with more than one server address (a preferred address, RFC 9000 section
+        9.6) passes `local` for datagrams reaching the others, and sends what
+        datagrams_to_send_from() returns from the address it names.
+        """
         self._logger.now = now
         try:
             header = pull_quic_header(
@@ -301,7 +337,8 @@ class ServerEndpoint:
             self.unroutable += 1
             return
         server_conn.trace.peer = addr
-        server_conn.conn.receive_datagram(data, addr, now=now)
+        server_conn.trace.local = local
+        server_conn.conn.receive_datagram(data, _path_key(addr, local), now=now)
         server_conn.trace.after_receive()
         self._drain(server_conn, now)
 
@@ -334,13 +371,23 @@ class ServerEndpoint:
             self._drain(server_conn, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """What to send, for a backend with one server address (see datagrams_to_send_from)."""
+        return [(data, addr) for data, addr, _ in self.datagrams_to_send_from(now)]
+
+    def datagrams_to_send_from(self, now: float) -> list[tuple[bytes, Address, Address | None]]:
+        """(datagram, client address, server address to send it from; None: the first)."""
         self._logger.now = now
-        out: list[tuple[bytes, Address]] = []
+        out: list[tuple[bytes, Address, Address | None]] = []
         for server_conn in self.connections:
             if server_conn.closed is not None:
                 continue
-            datagrams = server_conn.conn.datagrams_to_send(now=now)
-            server_conn.trace.after_send([addr for _, addr in datagrams])
+            datagrams = [
+                (data, *_split_path_key(key))
+                for data, key in server_conn.conn.datagrams_to_send(now=now)
+            ]
+            server_conn.trace.after_send(
+                [addr for _, addr, _ in datagrams], [local for _, _, local in datagrams]
+            )
             out += datagrams
             self._drain(server_conn, now)
         return out

@@ -33,6 +33,7 @@ class Packet:
     dcid: str  # hex
     frames: tuple[dict[str, Any], ...]
     length: int  # bytes
+    local: Address | None = None  # the server's address it reached or left; None: its first
 
 
 class PacketObserver(Protocol):
@@ -60,6 +61,7 @@ class TapTrace(QuicLoggerTrace):
         self.keep = keep
         self.observer = observer
         self.peer: Address = ("", 0)  # set by the endpoint before receive_datagram()
+        self.local: Address | None = None  # likewise: the server address it arrived at
         self._received: list[tuple[float, dict[str, Any]]] = []
         self._sent_groups: list[list[tuple[float, dict[str, Any]]]] = []
         self._group_datagrams: list[int] = []
@@ -92,10 +94,13 @@ class TapTrace(QuicLoggerTrace):
         received, self._received = self._received, []
         if self.observer is not None:
             for at, data in received:
-                self.observer.on_packet_received(_packet(at, self.peer, data))
+                self.observer.on_packet_received(_packet(at, self.peer, data, self.local))
 
-    def after_send(self, destinations: list[Address]) -> None:
-        """Call after `datagrams_to_send()` with the address of each returned datagram."""
+    def after_send(
+        self, destinations: list[Address], sources: list[Address | None] | None = None
+    ) -> None:
+        """Call after `datagrams_to_send()` with the address of each returned datagram
+        (and, for a server with several addresses, the one each leaves from)."""
         groups, counts = self._sent_groups, self._group_datagrams
         self._sent_groups, self._group_datagrams = [], []
         if self.observer is None:
@@ -103,8 +108,9 @@ class TapTrace(QuicLoggerTrace):
         index = 0
         for group, count in zip(groups, counts, strict=True):
             peer = destinations[index]
+            local = sources[index] if sources is not None else None
             index += count
-            self.observer.on_packets_sent([_packet(at, peer, data) for at, data in group])
+            self.observer.on_packets_sent([_packet(at, peer, data, local) for at, data in group])
 
     def to_dict(self) -> dict[str, Any]:
         trace = super().to_dict()
@@ -113,7 +119,7 @@ class TapTrace(QuicLoggerTrace):
         return trace
 
 
-def _packet(at: float, peer: Address, data: dict[str, Any]) -> Packet:
+def _packet(at: float, peer: Address, data: dict[str, Any], local: Address | None = None) -> Packet:
     header = data["header"]
     return Packet(
         at=at,
@@ -123,6 +129,7 @@ def _packet(at: float, peer: Address, data: dict[str, Any]) -> Packet:
         dcid=header.get("dcid", ""),
         frames=tuple(data["frames"]),
         length=data["raw"]["length"],
+        local=local,
     )
 
 

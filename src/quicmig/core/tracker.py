@@ -72,6 +72,20 @@ class ObservedMigration:
         return first.answered_at - first.sent_at
 
 
+@dataclass(slots=True)
+class ServerAddressUse:
+    """The client's packets reaching a server address other than the first: its preferred
+    address (RFC 9000 section 9.6). The client validates it with probing packets, then moves
+    there; interop `connectionmigration` wants a new DCID on its first packet there."""
+
+    local: Address
+    first_packet_at: float
+    first_packet_dcid: str
+    first_dcid_new: bool  # on no packet the client had sent to another server address
+    first_packet_probing: bool
+    moved_at: float | None = None  # its first non-probing packet with a new highest number
+
+
 @dataclass(frozen=True, slots=True)
 class CidRotation:
     """The peer switched to another of our connection IDs without changing address."""
@@ -102,6 +116,11 @@ class MigrationTracker:
         self.recovery: list[RecoverySample] = []
         self.datagrams_to: dict[Address, int] = {}  # bytes the server sent to each address
         self.datagrams_from: dict[Address, int] = {}  # bytes received from each address
+        # The server address the client's newest non-probing packet reached (None: the
+        # first), and every other server address its packets reached.
+        self.local: Address | None = None
+        self.server_addresses: dict[Address, ServerAddressUse] = {}
+        self._dcids_at: dict[Address | None, set[str]] = {}
         self._largest_pn = -1
         self._dcid = ""  # the DCID of the client's newest non-probing 1-RTT packet
         self._server_dcid = ""  # the DCID the server last put on a 1-RTT packet
@@ -116,6 +135,13 @@ class MigrationTracker:
         self.datagrams_from[peer] = self.datagrams_from.get(peer, 0) + packet.length
         if peer not in self.peers_seen:
             self.peers_seen.append(peer)
+        local = packet.local
+        if local is not None and local not in self.server_addresses:
+            elsewhere = set().union(*(d for at, d in self._dcids_at.items() if at != local))
+            self.server_addresses[local] = ServerAddressUse(
+                local, packet.at, packet.dcid, packet.dcid not in elsewhere, is_probing(packet)
+            )
+        self._dcids_at.setdefault(local, set()).add(packet.dcid)
         for frame in _frames(packet, "path_response"):
             challenge = self._challenges.get(frame["data"])
             if challenge is not None and challenge.answered_at is None:
@@ -127,6 +153,11 @@ class MigrationTracker:
         if is_probing(packet) or packet.number <= self._largest_pn:
             return
         self._largest_pn = packet.number
+        if local != self.local:
+            self.local = local
+            use = self.server_addresses.get(local) if local is not None else None
+            if use is not None and use.moved_at is None:
+                use.moved_at = packet.at
         if self.peer is not None and peer != self.peer:
             self.migrations.append(
                 ObservedMigration(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 
 from quicmig import __version__
+from quicmig.aioquic_ext import connection_class
 from quicmig.core.app import ServerApp, content
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.endpoint import ALPN, ServerConnection, ServerEndpoint
@@ -34,6 +36,7 @@ from quicmig.errors import QuicmigError
 from quicmig.live.certs import CertPaths, check_server_pair
 from quicmig.live.records import connection_record
 from quicmig.live.udp import Timer, UdpSocket, open_socket
+from quicmig.model.scenario import QuicExtensions, ServerSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4433
@@ -55,6 +58,7 @@ class LiveConnection:
     logged_migrations: int = 0
     logged_validations: set[int] = field(default_factory=set)
     logged_rotations: int = 0
+    logged_server_moves: set[Address] = field(default_factory=set)
     logged_closed: bool = False
 
     def record(self, now: float) -> dict[str, Any]:
@@ -62,13 +66,15 @@ class LiveConnection:
 
 
 class Listener:
-    """One UDP socket and the ServerEndpoint behind it."""
+    """One UDP socket and the ServerEndpoint behind it, plus the socket of its preferred
+    address (RFC 9000 section 9.6) if it advertises one: both reach the same connections."""
 
     def __init__(self, server: LiveServer, endpoint: ServerEndpoint) -> None:
         self.server = server
         self.endpoint = endpoint
         self.socket: UdpSocket | None = None
         self.local: Address = ("", 0)
+        self.preferred: UdpSocket | None = None
         self.timer = Timer(self._on_timer, server.now)
 
     async def open(self, local: Address) -> Address:
@@ -76,8 +82,18 @@ class Listener:
         self.local = self.socket.local
         return self.local
 
+    async def open_preferred(self, local: Address) -> Address:
+        """Bind the preferred address; datagrams there reach this listener's connections."""
+        self.preferred = await open_socket(local, self._on_preferred_datagram, "preferred address")
+        return self.preferred.local
+
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         self.endpoint.receive_datagram(data, addr, self.server.now())
+        self.service()
+
+    def _on_preferred_datagram(self, data: bytes, addr: Address) -> None:
+        assert self.preferred is not None
+        self.endpoint.receive_datagram(data, addr, self.server.now(), self.preferred.local)
         self.service()
 
     def _on_timer(self, now: float) -> None:
@@ -87,9 +103,10 @@ class Listener:
     def service(self) -> None:
         """Send what the endpoint has, report what its trackers saw, re-arm the timer."""
         now = self.server.now()
-        for data, addr in self.endpoint.datagrams_to_send(now):
-            if self.socket is not None:
-                self.socket.sendto(data, addr)
+        for data, addr, local in self.endpoint.datagrams_to_send_from(now):
+            sock = self.socket if local is None else self.preferred
+            if sock is not None:
+                sock.sendto(data, addr)
         while self.endpoint.next_event() is not None:
             pass
         self.server.report(self)
@@ -97,8 +114,9 @@ class Listener:
 
     def close(self) -> None:
         self.timer.cancel()
-        if self.socket is not None:
-            self.socket.close()
+        for sock in (self.socket, self.preferred):
+            if sock is not None:
+                sock.close()
 
 
 class LiveServer:
@@ -112,9 +130,16 @@ class LiveServer:
         qlog_dir: Path | None = None,
         secrets_log: Path | None = None,
         log: Log = print,
+        preferred_addresses: Sequence[Address] = (),
+        disable_active_migration: bool = False,
     ) -> None:
+        """`preferred_addresses`: at most one per address family, each advertised by the
+        first listen address of its family (RFC 9000 section 9.6); port 0 binds any port.
+        `disable_active_migration`: send that transport parameter (section 18.2)."""
         if not listen:
             raise ValueError("listen on at least one address")
+        self.preferred_addresses = list(preferred_addresses)
+        self.disable_active_migration = disable_active_migration
         self.certs = certs
         self.listen = list(listen)
         self.qlog_dir = qlog_dir
@@ -135,6 +160,11 @@ class LiveServer:
     @property
     def addresses(self) -> list[Address]:
         return [listener.local for listener in self.listeners]
+
+    @property
+    def preferred(self) -> list[Address]:
+        """The preferred addresses as bound (real ports for port 0)."""
+        return [item.preferred.local for item in self.listeners if item.preferred is not None]
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -160,6 +190,26 @@ class LiveServer:
                 listener = Listener(self, ServerEndpoint(configuration, self._make_app))
                 self.listeners.append(listener)
                 await listener.open(local)
+            for listener in self.listeners:
+                preferred = None
+                family = ipaddress.ip_address(listener.local[0]).version
+                wanted = [
+                    p
+                    for p in self.preferred_addresses
+                    if ipaddress.ip_address(p[0]).version == family
+                ]
+                first_of_family = next(
+                    item
+                    for item in self.listeners
+                    if ipaddress.ip_address(item.local[0]).version == family
+                )
+                if wanted and first_of_family is listener:
+                    preferred = await listener.open_preferred(wanted[0])
+                # aioquic 1.7.2's server sends neither parameter: quicmig's connection does.
+                listener.endpoint.connection_class = connection_class(
+                    QuicExtensions(),
+                    ServerSettings(preferred, self.disable_active_migration),
+                )
         except BaseException:
             await self.aclose()
             raise
@@ -278,6 +328,15 @@ class LiveServer:
                 f"✅ {name} migration {index + 1}: path {format_address(mig.new_peer)} validated, "
                 f"PATH_CHALLENGE → PATH_RESPONSE in {rtt * 1e3:.2f} ms "
                 f"({_count(len(tracker.migrations), 'migration')} on this connection)"
+            )
+        for local, use in tracker.server_addresses.items():
+            if use.moved_at is None or local in live.logged_server_moves:
+                continue
+            live.logged_server_moves.add(local)
+            self.log(
+                f"🏠 {name}: the client moved to the preferred address {format_address(local)}; "
+                f"its first packet there used "
+                + ("a new connection ID" if use.first_dcid_new else "an old connection ID (!)")
             )
         for rotation in tracker.cid_rotations[live.logged_rotations :]:
             self.log(

@@ -15,7 +15,9 @@ from typing import Any
 
 from quicmig.errors import InputError
 from quicmig.model.scenario import (
+    ATTACK_KINDS,
     AddressChange,
+    Attacker,
     CidRotate,
     ClientSettings,
     Download,
@@ -27,6 +29,7 @@ from quicmig.model.scenario import (
     NatRebind,
     QuicExtensions,
     Scenario,
+    ServerSettings,
     Stream,
     Switch,
     SwitchMode,
@@ -34,7 +37,16 @@ from quicmig.model.scenario import (
     Workload,
 )
 from quicmig.model.settings import LINK_KEYS, apply_link_settings, number
-from quicmig.model.topology import PROFILES, Host, Interface, Link, LinkProfile, Nat, Topology
+from quicmig.model.topology import (
+    PROFILES,
+    Host,
+    Interface,
+    Link,
+    LinkProfile,
+    Nat,
+    Topology,
+    parse_host_port,
+)
 
 Tree = dict[str, Any]
 TOPOLOGY_SHORTCUTS = ("hosts", "links", "nats", "server")
@@ -104,7 +116,8 @@ def apply_overrides(tree: Tree, overrides: Iterable[str]) -> Tree:
         if not eq or not key:
             raise InputError(f"--set {item!r}: expected key=value, e.g. links.wifi.delay_ms=30")
         parts = key.strip().split(".")
-        if parts[0] in TOPOLOGY_SHORTCUTS:
+        # `server=NAME` names the server host; `server.KEY` is the [server] table.
+        if parts[0] in TOPOLOGY_SHORTCUTS and not (parts[0] == "server" and len(parts) > 1):
             parts = ["topology", *parts]
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
@@ -219,6 +232,8 @@ def scenario_from_tree(tree: Tree, default_name: str = "custom") -> Scenario:
         timeline=tuple(_event(e, i, topology) for i, e in enumerate(_list(root, "timeline"))),
         client=_client(root.table("client")),
         quic=_quic(root.table("quic")),
+        server=_server(root.table("server")),
+        attackers=tuple(_attacker(a, i) for i, a in enumerate(_list(root, "attackers"))),
         expect=_expect(root.table("expect")),
     )
     root.finish()
@@ -327,6 +342,39 @@ def _quic(table: _Table) -> QuicExtensions:
     return quic
 
 
+def _server(table: _Table) -> ServerSettings:
+    """`[server]`: what the server advertises (preferred address, disable_active_migration)."""
+    preferred = table._get("preferred_address", None)
+    if preferred is not None and not isinstance(preferred, str):
+        raise InputError(f'server.preferred_address: expected "IP:PORT", got {preferred!r}')
+    settings = ServerSettings(
+        preferred_address=(
+            None if preferred is None else parse_host_port(preferred, "server.preferred_address")
+        ),
+        disable_active_migration=table.boolean("disable_active_migration", False),
+    )
+    table.finish()
+    return settings
+
+
+def _attacker(data: Any, index: int) -> Attacker:
+    table = _Table(data, f"attackers[{index}]")
+    kind = table.string("kind", "")
+    if kind not in ATTACK_KINDS:
+        raise InputError(f"{table.where}.kind: {kind!r}; allowed: {', '.join(ATTACK_KINDS)}")
+    attacker = Attacker(
+        kind=kind,
+        watch=table.string("watch"),
+        source=parse_host_port(table.string("source"), f"{table.where}.source"),
+        at=table.number("at_s", 1.0),
+        count=table.integer("count", 3),
+        every=table.number("every_s", 1.0),
+        delay=table.number("delay_ms", 1.0) / 1e3,
+    )
+    table.finish()
+    return attacker
+
+
 def _expect(table: _Table) -> Expectation:
     verdict = table.string("verdict", "passed")
     if verdict not in ("passed", "failed", "unsupported"):
@@ -349,9 +397,14 @@ def _expect(table: _Table) -> Expectation:
         why=table.string("why", ""),
         quicmig_verdict=quicmig_verdict,
         quicmig_why=table.string("quicmig_why", ""),
+        preferred_address_used=_optional_bool(table, "preferred_address_used"),
     )
     table.finish()
     return expectation
+
+
+def _optional_bool(table: _Table, key: str) -> bool | None:
+    return None if table.data.get(key) is None else table.boolean(key, False)
 
 
 EVENT_KINDS = (

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import ClassVar
 
 from quicmig.errors import InputError
 from quicmig.model.topology import Topology
+
+SERVER_PORT = 4433  # the port the server listens on in the simulator
 
 
 class SwitchMode(Enum):
@@ -122,6 +125,49 @@ class ClientSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What the server advertises in its transport parameters (RFC 9000 section 18.2).
+
+    TOML: a `[server]` table. Either setting makes the server use quicmig's connection class
+    (src/quicmig/aioquic_ext.py), as aioquic 1.7.2's server can send neither.
+    """
+
+    # RFC 9000 section 9.6: "ip:port" of another of the server's addresses; the client
+    # validates it after the handshake and moves there, with the connection ID (sequence 1)
+    # the server sent along with it. In the simulator the server host must hold the address.
+    preferred_address: tuple[str, int] | None = None
+    # RFC 9000 section 18.2: the client must not migrate actively (NAT rebinding still may).
+    disable_active_migration: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.preferred_address is not None or self.disable_active_migration
+
+
+ATTACK_KINDS = ("spoof", "forward")
+
+
+@dataclass(frozen=True, slots=True)
+class Attacker:
+    """Copies the client's packets as they leave `watch` and races them to the server.
+
+    `spoof` (RFC 9000 section 9.3.2): the copy carries a forged source address, `source`,
+    someone else's; with it goes a corrupted copy forged with the client's own address.
+    `forward` (section 9.3.3): an off-path attacker sends the copy from its own address,
+    `source`. Either way the copy arrives `delay` seconds after the original left, before it.
+    The attacker cannot decrypt: it only copies, `count` times, `every` seconds from `at`.
+    """
+
+    kind: str
+    watch: str  # "host.iface" whose outgoing datagrams the attacker sees
+    source: tuple[str, int]
+    at: float = 1.0  # seconds
+    count: int = 3
+    every: float = 1.0  # seconds
+    delay: float = 0.001  # seconds from the original leaving to the copy reaching the core
+
+
+@dataclass(frozen=True, slots=True)
 class QuicExtensions:
     """quicmig's extensions to aioquic 1.7.2 (src/quicmig/aioquic_ext.py), each a switch.
 
@@ -137,8 +183,16 @@ class QuicExtensions:
     # the server starts a fresh congestion controller and RTT estimate for it, and packets
     # still in flight on the old path stop counting towards congestion control.
     reset_recovery: bool = False
+    # RFC 9000 sections 9 and 18.2: the client reads the server's disable_active_migration
+    # and refuses active migration (a switch of interface, a failover); a NAT rebinding,
+    # which the client does not choose, still happens (stock aioquic 1.7.2 ignores it).
+    honour_disable_migration: bool = False
 
-    NAMES: ClassVar[tuple[str, ...]] = ("challenge_first", "reset_recovery")
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "challenge_first",
+        "reset_recovery",
+        "honour_disable_migration",
+    )
 
     @classmethod
     def all_on(cls) -> QuicExtensions:
@@ -163,6 +217,9 @@ class Expectation:
     # same as `verdict`. Lets a scenario document stock aioquic and quicmig side by side.
     quicmig_verdict: str | None = None
     quicmig_why: str = ""
+    # With [server] preferred_address: True, the client must move there with a new DCID
+    # (interop `connectionmigration`); False, it must stay on the original address.
+    preferred_address_used: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +231,8 @@ class Scenario:
     timeline: tuple[TimelineEvent, ...] = ()
     client: ClientSettings = field(default_factory=ClientSettings)
     quic: QuicExtensions = field(default_factory=QuicExtensions)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    attackers: tuple[Attacker, ...] = ()
     duration: float = 30.0  # seconds of simulated time at most
     expect: Expectation = field(default_factory=Expectation)
     doc: str = ""  # longer description: what happens and what to look at
@@ -223,6 +282,14 @@ class Scenario:
                     topo.host(host)
                 case LinkChange(link=link):
                     topo.link(link)
+        self._validate_server(topo)
+        for index, attacker in enumerate(self.attackers):
+            where = f"attackers[{index}]"
+            topo.split_iface(attacker.watch, f"{where}.watch")
+            if attacker.count < 1 or attacker.every <= 0 or attacker.delay < 0 or attacker.at < 0:
+                raise InputError(
+                    f"{where}: needs count >= 1, every_s > 0, delay_ms >= 0 and at_s >= 0"
+                )
         for client in topo.clients:
             if self.client.interface is not None:
                 client.interface(self.client.interface)
@@ -234,3 +301,26 @@ class Scenario:
             case Stream(rate=rate, duration=dur, chunk=chunk) if rate <= 0 or dur <= 0 or chunk < 1:
                 raise InputError("workload: stream needs rate_mbit > 0, duration_s > 0, chunk >= 1")
         return self
+
+    def _validate_server(self, topo: Topology) -> None:
+        preferred = self.server.preferred_address
+        if preferred is None:
+            return
+        host = topo.host(topo.server)
+        own = host.interfaces[0].addresses[0]
+        if ipaddress.ip_address(preferred[0]).version != ipaddress.ip_address(own).version:
+            raise InputError(
+                f"server.preferred_address: {preferred[0]} is not of the family of the "
+                f"server's address {own}"
+            )
+        if preferred == (own, SERVER_PORT):
+            raise InputError(
+                f"server.preferred_address: {preferred[0]}:{preferred[1]} is the server's own "
+                "address; give another address or port"
+            )
+        if not any(preferred[0] in iface.addresses for iface in host.interfaces):
+            held = ", ".join(a for iface in host.interfaces for a in iface.addresses)
+            raise InputError(
+                f"server.preferred_address: {preferred[0]} is not an address of host "
+                f"{host.name!r} (it has {held}); add an interface holding it"
+            )

@@ -108,6 +108,11 @@ class Network:
             tap(datagram, now)
         self._enter(self.up[iface.link], datagram, now)
 
+    def inject(self, datagram: Datagram, now: float) -> None:
+        """Hand `datagram` to the internet core as it is, forged source address included: an
+        attacker on the internet side, where nothing filters sources (no BCP 38)."""
+        self._core(datagram, now)
+
     def _enter(self, pipe: Pipe, datagram: Datagram, now: float) -> None:
         idle = pipe.get_timer() is None
         pipe.receive_datagram(datagram, now)

@@ -38,6 +38,7 @@ from quicmig.core.tap import TapLogger
 from quicmig.errors import InputError
 from quicmig.model.scenario import (
     AddressChange,
+    Attacker,
     CidRotate,
     InterfaceDown,
     InterfaceUp,
@@ -121,15 +122,28 @@ class SimClient:
 
 
 class SimServer:
-    def __init__(self, sim: Simulation, ref: str, endpoint: ServerEndpoint) -> None:
+    """The server host's sockets: its first address and, if it has one, its preferred one."""
+
+    def __init__(
+        self, sim: Simulation, ref: str, endpoint: ServerEndpoint, preferred: Address | None
+    ) -> None:
         self.sim = sim
         self.ref = ref
         self.endpoint = endpoint
         self.local: Address = (sim.network.interface(ref).addresses[0], SERVER_PORT)
         sim.network.bind(ref, self.local, self.receive)
+        self.refs: dict[Address | None, str] = {None: ref}  # server address -> interface
+        if preferred is not None:
+            pref_ref = next(
+                r
+                for r, iface in sim.network.interfaces.items()
+                if iface.host == sim.network.interface(ref).host and preferred[0] in iface.addresses
+            )
+            self.refs[preferred] = pref_ref
+            sim.network.bind(pref_ref, preferred, functools.partial(self.receive, local=preferred))
 
-    def receive(self, datagram: Datagram, now: float) -> None:
-        self.endpoint.receive_datagram(datagram.data, datagram.src, now)
+    def receive(self, datagram: Datagram, now: float, local: Address | None = None) -> None:
+        self.endpoint.receive_datagram(datagram.data, datagram.src, now, local)
         self.sim.mark(self)
 
     def get_timer(self) -> float | None:
@@ -139,10 +153,71 @@ class SimServer:
         self.endpoint.handle_timer(now)
 
     def service(self, now: float) -> None:
-        for data, addr in self.endpoint.datagrams_to_send(now):
-            self.sim.network.send(self.ref, Datagram(self.local, addr, data), now)
+        for data, addr, local in self.endpoint.datagrams_to_send_from(now):
+            src = self.local if local is None else local
+            self.sim.network.send(self.refs[local], Datagram(src, addr, data), now)
         while self.endpoint.next_event() is not None:
             pass
+
+
+class WireCount:
+    """UDP payload bytes the server's interfaces sent to and received from each address."""
+
+    def __init__(self, servers: set[Address]) -> None:
+        self.servers = servers
+        self.received: dict[Address, int] = {}  # bytes
+        self.sent: dict[Address, int] = {}  # bytes
+        self.datagrams_received: dict[Address, int] = {}
+
+    def __call__(self, datagram: Datagram, now: float) -> None:
+        if datagram.src in self.servers:
+            self.sent[datagram.dst] = self.sent.get(datagram.dst, 0) + len(datagram.data)
+        elif datagram.dst in self.servers:
+            src = datagram.src
+            self.received[src] = self.received.get(src, 0) + len(datagram.data)
+            self.datagrams_received[src] = self.datagrams_received.get(src, 0) + 1
+
+
+class SimAttacker:
+    """Sees the client's datagrams leave `watch` and races copies of them to the server.
+
+    It cannot decrypt or forge a packet: it copies whole datagrams (1-RTT, short header)
+    and changes only the UDP source address (see model.scenario.Attacker).
+    """
+
+    def __init__(self, sim: Simulation, attacker: Attacker, server: set[Address]) -> None:
+        self.sim = sim
+        self.attacker = attacker
+        self.server = server
+        self.copies: list[float] = []  # times a copy was injected
+        self._next_at = attacker.at
+        self._watched = sim.network.interface(attacker.watch)
+        sim.network.tap_interface(attacker.watch, self.saw)
+
+    def saw(self, datagram: Datagram, now: float) -> None:
+        attacker = self.attacker
+        if len(self.copies) >= attacker.count or now < self._next_at:
+            return
+        outgoing = datagram.src[0] in self._watched.addresses and datagram.dst in self.server
+        if not outgoing or datagram.data[0] & 0x80:  # long header: not a 1-RTT packet
+            return
+        self.copies.append(now)
+        self._next_at = now + attacker.every
+        copy = Datagram(attacker.source, datagram.dst, datagram.data)
+        forged: list[Datagram] = [copy]
+        if attacker.kind == "spoof":
+            # The client's own address on a packet the attacker tampered with (its last byte,
+            # inside the AEAD tag): aioquic must drop it (RFC 9001 section 5.3).
+            tampered = datagram.data[:-1] + bytes([datagram.data[-1] ^ 0xFF])
+            forged.append(Datagram(datagram.src, datagram.dst, tampered))
+        for item in forged:
+            self.sim.scheduler.call_at(
+                now + attacker.delay,
+                functools.partial(self._inject, item),
+            )
+
+    def _inject(self, datagram: Datagram) -> None:
+        self.sim.network.inject(datagram, self.sim.scheduler.now)
 
 
 class Simulation:
@@ -166,9 +241,15 @@ class Simulation:
         server_ref = f"{server_host.name}.{server_host.interfaces[0].name}"
         server_endpoint = ServerEndpoint(
             server_configuration(certs, self.server_logger),
-            connection_class=connection_class(scenario.quic),
+            connection_class=connection_class(scenario.quic, scenario.server),
         )
-        self.server = SimServer(self, server_ref, server_endpoint)
+        preferred = scenario.server.preferred_address
+        self.server = SimServer(self, server_ref, server_endpoint, preferred)
+        server_addresses = {self.server.local} | ({preferred} if preferred else set())
+        self.wire = WireCount(server_addresses)
+        for ref in set(self.server.refs.values()):
+            self.network.tap_interface(ref, self.wire)
+        self.attackers = [SimAttacker(self, a, server_addresses) for a in scenario.attackers]
         self.clients: list[SimClient] = []
         for index, host in enumerate(topo.clients):
             iface = scenario.client.interface or host.interfaces[0].name
@@ -179,6 +260,7 @@ class Simulation:
                 seed=self.seed * 1000 + index,
                 keepalive=scenario.client.keepalive,
                 failover_after=scenario.client.failover_after,
+                connection_class=connection_class(scenario.quic),
             )
             self.clients.append(SimClient(self, host.name, iface, endpoint))
         self.pcap: PcapWriter | None = None
@@ -186,7 +268,8 @@ class Simulation:
         if options.pcap is not None:
             self._pcap_buffer = io.BytesIO()
             self.pcap = PcapWriter(self._pcap_buffer)
-            self.network.tap_interface(server_ref, self.pcap.write)
+            for ref in sorted(set(self.server.refs.values())):
+                self.network.tap_interface(ref, self.pcap.write)
 
     # --- engine -------------------------------------------------------------------------
 
@@ -300,8 +383,17 @@ class Simulation:
                     "link-change", f"{link}: " + ", ".join(f"{k}={v:g}" for k, v in settings)
                 )
 
+    def _refused(self, client: SimClient) -> bool:
+        """The client refuses to migrate actively (RFC 9000 section 18.2): say so, stay."""
+        reason = client.endpoint.active_migration_refusal()
+        if reason is not None:
+            self._record("migration-refused", f"{client.host}: {reason}")
+        return reason is not None
+
     def _switch(self, client: SimClient, event: Switch) -> None:
         now = self.scheduler.now
+        if self._refused(client):
+            return
         old_ref, old_local = client.ref, client.local
         self._record(
             "switch",
@@ -333,6 +425,8 @@ class Simulation:
         for iface in host.interfaces:
             ref = f"{client.host}.{iface.name}"
             if iface.name != client.iface and self.network.interface(ref).up:
+                if self._refused(client):
+                    return
                 self._record(
                     "failover", f"{client.host}: {client.iface} -> {iface.name}", active=True
                 )
@@ -404,9 +498,56 @@ class Simulation:
                     f"(longest {transfer.detail.get('longest_stall', 0.0):.3f} s)",
                 )
             )
+        attack_sources = [a.source for a in scenario.attackers]
+        if attack_sources:
+            # Moves to and from an attacker's address are judged by the attack checks.
+            forged = {format_address(a) for a in attack_sources}
+            migrations = [
+                m for m in migrations if m.old_peer not in forged and m.new_peer not in forged
+            ]
         checks += check_mod.migration_checks(
             scenario.expect, migrations, self.changes, len(paths), sent, answered, len(rotations)
         )
+        first = self._server_conn_for(self.clients[0])
+        tracker0 = first.tracker if first is not None else None
+        extra: dict[str, object] = {}
+        if scenario.server.disable_active_migration:
+            checks.append(check_mod.disable_migration_check(migrations, self.changes))
+        preferred = scenario.server.preferred_address
+        if preferred is not None:
+            use = tracker0.server_addresses.get(preferred) if tracker0 is not None else None
+            used = scenario.expect.preferred_address_used
+            checks += check_mod.preferred_address_checks(
+                preferred, True if used is None else used, use
+            )
+            extra["preferred_address"] = {
+                "address": format_address(preferred),
+                "first_packet_at": use.first_packet_at if use else None,
+                "first_dcid_new": use.first_dcid_new if use else None,
+                "moved_at": use.moved_at if use else None,
+            }
+        if attack_sources:
+            observed = tracker0.migrations if tracker0 is not None else []
+            checks += check_mod.attack_checks(
+                attack_sources,
+                self.wire.received,
+                self.wire.sent,
+                observed,
+                tracker0.peer if tracker0 is not None else None,
+            )
+            extra["attacks"] = [
+                {
+                    "kind": sim_attacker.attacker.kind,
+                    "source": format_address(sim_attacker.attacker.source),
+                    "copies": sim_attacker.copies,
+                    "bytes_from": self.wire.received.get(sim_attacker.attacker.source, 0),
+                    "bytes_to": self.wire.sent.get(sim_attacker.attacker.source, 0),
+                    "server_moves_there": sum(
+                        m.new_peer == sim_attacker.attacker.source for m in observed
+                    ),
+                }
+                for sim_attacker in self.attackers
+            ]
         verdict, reasons = check_mod.verdict(checks)
         datagrams = sum(p.stats.delivered for p in self.network.pipes)
         stats = {
@@ -425,6 +566,7 @@ class Simulation:
             "nat_inbound_drops": {n: box.inbound_drops for n, box in self.network.nats.items()},
             "unroutable": self.network.stats.unroutable,
             "interface_drops": self.network.stats.interface_drops,
+            **extra,
         }
         result = Result(
             scenario=scenario.name,
