@@ -24,6 +24,7 @@ from quicmig.live.client import (
     Confirmation,
     Download,
     LiveClient,
+    MigrationRefused,
     Move,
     Step,
     SwitchMode,
@@ -120,6 +121,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    parser.add_argument(
+        "--ignore-disable-migration",
+        action="store_true",
+        help="migrate even if the server sent disable_active_migration (RFC 9000 section "
+        "18.2), to see what the server does then; by default ip-change and network-switch "
+        "are refused after it",
     )
     parser.add_argument(
         "--server-name", metavar="NAME", help="TLS server name (default: the --host address)"
@@ -229,6 +237,7 @@ async def _session(
         addresses=addresses,
         secrets_log=secrets,
         timeout=args.timeout,
+        honour_disable_migration=not args.ignore_disable_migration,
     )
     if args.migrate is None and len(client.addresses) < 2:
         skipped = [k for k in kinds if k in ("ip-change", "network-switch")]
@@ -256,7 +265,7 @@ async def _session(
                 _say(f"{_describe(move)} at {received:,}/{size:,} bytes")
 
             download, _ = await download_with_moves(
-                client, size, steps, gap=args.gap, on_move=moved
+                client, size, steps, gap=args.gap, on_move=moved, on_refused=_refused
             )
             _say(
                 f"📦 Downloaded {download.received:,} bytes in {download.seconds:.2f} s, "
@@ -266,11 +275,19 @@ async def _session(
         else:
             for kind in kinds:
                 await asyncio.sleep(args.interval)
-                move = await client.migrate(kind, mode, args.gap)
+                try:
+                    move = await client.migrate(kind, mode, args.gap)
+                except MigrationRefused as refused:
+                    _refused(str(refused))
+                    continue
                 _say(_describe(move))
                 number = await _messages(client, args.messages, number)
         record = await client.confirmed_record()
     return _report(client, record, download)
+
+
+def _refused(message: str) -> None:
+    _say(f"⛔ {message}")
 
 
 def _report(client: LiveClient, record: dict[str, Any], download: Download | None) -> int:

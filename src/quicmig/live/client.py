@@ -31,12 +31,14 @@ from typing import Any, TextIO
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from quicmig.aioquic_ext import connection_class
 from quicmig.core.app import ClientWorkload, content
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.endpoint import ALPN, ClientEndpoint, Closed, HandshakeDone
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live.server import MIGRATIONS_VERB
 from quicmig.live.udp import Timer, UdpSocket, bind_error, family_of, open_socket
+from quicmig.model.scenario import QuicExtensions
 
 KINDS = ("nat-rebinding", "ip-change", "network-switch", "cid-rotation")
 EXPECTED_OBSERVATION = {  # what the server's tracker must classify each kind as
@@ -76,6 +78,10 @@ def default_addresses(server_host: str) -> tuple[str, ...]:
     if ip.is_loopback:
         return DEFAULT_IPV6_ADDRESSES if ip.version == 6 else DEFAULT_IPV4_ADDRESSES
     return ("::",) if ip.version == 6 else ("0.0.0.0",)
+
+
+class MigrationRefused(QuicmigError):
+    """The client will not migrate actively: the server asked it not to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +192,11 @@ class LiveClient:
         addresses: Sequence[str] | None = None,
         secrets_log: TextIO | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        honour_disable_migration: bool = True,
     ) -> None:
+        """`honour_disable_migration`: refuse ip-change and network-switch once the server
+        sent disable_active_migration (RFC 9000 section 18.2); False migrates anyway, to show
+        what the server does then."""
         if ca is None and not insecure:
             raise ValueError("give a CA to verify the server against, or insecure=True")
         self.server = server
@@ -216,6 +226,10 @@ class LiveClient:
                 ) from exc
         self._workload: RequestWorkload | None = None
         self._config = config
+        # Stock aioquic 1.7.2 drops the parameter; the extension reads it (aioquic_ext.py).
+        self._connection_class = connection_class(
+            QuicExtensions(honour_disable_migration=honour_disable_migration)
+        )
         self.endpoint: ClientEndpoint | None = None
         self.moves: list[Move] = []
         self.handshake_seconds: float | None = None
@@ -318,7 +332,13 @@ class LiveClient:
         self._t0 = loop.time()
         self._current = await self._open(self.addresses[0])
         self._workload = None
-        endpoint = ClientEndpoint(self._config, self.server, self._make_workload, seed=0)
+        endpoint = ClientEndpoint(
+            self._config,
+            self.server,
+            self._make_workload,
+            seed=0,
+            connection_class=self._connection_class,
+        )
         self.endpoint = endpoint
         self._timer = Timer(self._on_timer, self.now)
         self._handshake = loop.create_future()
@@ -472,8 +492,17 @@ class LiveClient:
         mode: SwitchMode = SwitchMode.BREAK_BEFORE_MAKE,
         gap: float = DEFAULT_GAP,
     ) -> Move:
-        """Perform one migration of `kind` (see KINDS) for real; returns what was done."""
+        """Perform one migration of `kind` (see KINDS) for real; returns what was done.
+
+        Raises MigrationRefused for an active migration (ip-change, network-switch) after the
+        server sent disable_active_migration; a NAT rebinding is not the client's choice and
+        always happens.
+        """
         endpoint = self._endpoint()
+        if kind in ("ip-change", "network-switch"):
+            refusal = endpoint.active_migration_refusal()
+            if refusal is not None:
+                raise MigrationRefused(f"{kind} refused: {refusal}")
         old = self._current
         if old is None:
             raise RuntimeError("no socket: a migration is already in progress")
@@ -584,12 +613,14 @@ async def download_with_moves(
     seed: int = 1,
     gap: float = DEFAULT_GAP,
     on_move: Callable[[Move, int], None] | None = None,
+    on_refused: Callable[[str], None] | None = None,
 ) -> tuple[Download, list[Move]]:
     """DOWNLOAD `size` bytes and perform `steps` while it runs, evenly spaced by progress.
 
     Step k starts once k/(len(steps)+1) of the bytes have arrived, so every migration
     happens mid-transfer however fast the machine is. `on_move(move, received)` is called
-    after each one. Steps left when the download has finished run after it.
+    after each one, `on_refused(message)` for a migration the server asked us not to make.
+    Steps left when the download has finished run after it.
     """
     thresholds = [size * (index + 1) // (len(steps) + 1) for index in range(len(steps))]
     received = 0
@@ -615,7 +646,12 @@ async def download_with_moves(
                 await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 await asyncio.gather(waiter, return_exceptions=True)
-            move = await client.migrate(kind, mode, gap)
+            try:
+                move = await client.migrate(kind, mode, gap)
+            except MigrationRefused as refused:
+                if on_refused is not None:
+                    on_refused(str(refused))
+                continue
             moves.append(move)
             if on_move is not None:
                 on_move(move, received)
