@@ -73,7 +73,7 @@ BAD_INPUTS = [
     (["run", "network-switch", "--set", "timeline.0.to=bluetooth"], "no interface 'bluetooth'"),
     (["run", "nat-rebinding", "--set", "workload.kind=video"], "workload.kind"),
     (["run", "nat-rebinding", "--set", "nonsense"], "expected key=value"),
-    (["run", "nat-rebinding", "--backend", "lab"], "--backend lab"),
+    (["run", "all", "--backend", "lab"], "--backend lab runs one scenario at a time"),
     (["run", "all", "--pcap", "x.pcap"], "with `all` use --out DIR"),
 ]
 

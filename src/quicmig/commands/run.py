@@ -116,13 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from quicmig.sim.runner import RunOptions, run_scenario
 
     console = make_console()
-    if args.backend == "proxy":
+    if args.backend in ("proxy", "lab"):
         return _run_proxy(args, console)
-    if args.backend != "sim":
-        raise InputError(
-            f"--backend {args.backend}: not available yet (the proxy and namespace lab backends "
-            "are planned in issue 4); use --backend sim"
-        )
     if args.target == "all":
         for flag in ("pcap", "keylog", "plot", "qlog_dir"):
             if getattr(args, flag) is not None:
@@ -212,24 +207,36 @@ def _report_one(
 
 
 def _run_proxy(args: argparse.Namespace, console: Console) -> int:
-    """One scenario over real UDP through `quicmig proxy` (see quicmig.live.runner)."""
+    """One scenario over real UDP through `quicmig proxy`, or through the namespace lab
+    (`--backend lab`, quicmig.lab.driver); see quicmig.live.runner."""
     import asyncio
 
-    from quicmig.live.runner import LiveOptions, run_live
-    from quicmig.proxy.driver import ProxyDriver
+    from quicmig.live.runner import LiveOptions, NetworkDriver, run_live
 
+    backend = args.backend
     if args.target == "all":
-        raise InputError("--backend proxy runs one scenario at a time; name it")
+        raise InputError(f"--backend {backend} runs one scenario at a time; name it")
     for flag in ("pcap", "qlog_dir", "out", "plot"):
         if getattr(args, flag) is not None:
             raise InputError(
-                f"--{flag.replace('_', '-')} is not available with --backend proxy yet "
-                "(use `quicmig proxy --pcap` by hand, or --backend sim)"
+                f"--{flag.replace('_', '-')} is not available with --backend {backend} yet "
+                f"(use `quicmig {backend} --pcap` by hand, or --backend sim)"
             )
     scenario = load_scenario(args.target, args.overrides)
     _check_outputs(args)
     options = LiveOptions(seed=args.seed, keylog=args.keylog)
-    result = asyncio.run(run_live(scenario, ProxyDriver(scenario, args.seed), options))
+    driver: NetworkDriver
+    if backend == "lab":
+        from quicmig.lab.driver import LabDriver
+        from quicmig.lab.system import require
+
+        require()  # root and the tools, before anything is created
+        driver = LabDriver(scenario, args.seed)
+    else:
+        from quicmig.proxy.driver import ProxyDriver
+
+        driver = ProxyDriver(scenario, args.seed)
+    result = asyncio.run(run_live(scenario, driver, options))
     if args.json is not None:
         result.files["json"] = str(args.json)
         _dump([result], args.json, False)

@@ -113,7 +113,7 @@ class NetworkMove:
     """One change made to the network: what the server should see afterwards."""
 
     kind: str  # nat-rebinding | network-switch | ip-change
-    at: float  # seconds since the network was built
+    at: float  # seconds since the network was built, when it took effect (see each move)
     detail: str
     old_public: str  # the client's public address before
     new_public: str  # and after (the server must see this host)
@@ -416,6 +416,7 @@ class LabNetwork:
         self.generation += 1
         run(in_ns(self.router_ns, "nft", "-f", "-"), input=self._ruleset(create=False))
         private = self.current.address(self.hosts[self.current.name])
+        at = self.now()  # from here on the client's next datagram gets a new mapping
         output = run(
             in_ns(self.router_ns, "conntrack", "-D", "-p", "udp", "--orig-src", private),
             check=False,
@@ -427,6 +428,7 @@ class LabNetwork:
             f"NAT port range now {low}-{high}, {flows} conntrack "
             f"entr{'y' if flows == 1 else 'ies'} of {private} deleted",
             old,
+            at,
         )
 
     def switch(self, gap: float) -> NetworkMove:
@@ -434,6 +436,7 @@ class LabNetwork:
         old_public = self.public
         old, new = self.current, (CELLULAR if self.current is WIFI else WIFI)
         self._ip(self.client_ns, "link", "set", self.client_if(new), "up")
+        at = self.now()  # the old link goes down
         self._ip(self.client_ns, "link", "set", self.client_if(old), "down")
         time.sleep(gap)
         self._ip(
@@ -452,6 +455,7 @@ class LabNetwork:
             f"{old.name} link down, {gap * 1e3:.0f} ms later default route via {new.name} "
             f"({self.client_if(new)})",
             old_public,
+            at,
         )
 
     def ip_change(self) -> NetworkMove:
@@ -462,6 +466,7 @@ class LabNetwork:
         new_host = HOSTS[(HOSTS.index(host) + 1) % len(HOSTS)]
         name = self.client_if(interface)
         self._ip(self.client_ns, "addr", "add", f"{interface.address(new_host)}/24", "dev", name)
+        at = self.now()  # the old address goes: the new one becomes the source
         self._ip(self.client_ns, "addr", "del", f"{interface.address(host)}/24", "dev", name)
         self._ip(
             self.client_ns, "route", "replace", "default", "via", interface.gateway, "dev", name
@@ -472,6 +477,7 @@ class LabNetwork:
             f"{interface.name} address {interface.address(host)} replaced by "
             f"{interface.address(new_host)}",
             old_public,
+            at,
         )
 
     def move(self, kind: str, gap: float) -> NetworkMove:
@@ -485,8 +491,8 @@ class LabNetwork:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _record(self, kind: str, detail: str, old_public: str) -> NetworkMove:
-        move = NetworkMove(kind, self.now(), detail, old_public, self.public, self.port_range)
+    def _record(self, kind: str, detail: str, old_public: str, at: float) -> NetworkMove:
+        move = NetworkMove(kind, at, detail, old_public, self.public, self.port_range)
         self.moves.append(move)
         return move
 

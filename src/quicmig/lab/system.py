@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,3 +138,14 @@ def detect(probe_namespace: str) -> Capabilities:
     if not dumpcap:
         missing.append("dumpcap (package tshark): no packet capture (--pcap)")
     return Capabilities(netem=netem, dumpcap=dumpcap, missing=tuple(missing))
+
+
+def unavailable(probe_namespace: str) -> str | None:
+    """Why the lab cannot run here (one line), or None; changes nothing that outlives it."""
+    if sys.platform != "linux":
+        return "network namespaces are Linux only"
+    try:
+        detect(probe_namespace)
+    except QuicmigError as exc:
+        return str(exc)
+    return None

@@ -13,8 +13,16 @@ The same Scenario as the simulator; the network in between is a `NetworkDriver`:
 5. builds the Result with the same `migration_results()`, checks and verdict as the
    simulator, from the live server's tracker. `backend` is the driver's name.
 
-A driver for the lab implements the same four calls (start, unsupported, apply, aclose) plus
-`stats()`; CID rotations are client actions and handled here.
+CID rotations are client actions and handled here.
+
+Where the endpoints live is the driver's choice too. By default the server listens on
+127.0.0.1 (any port) and the client uses LiveClient's local addresses. A driver that also has
+`async place() -> Placement` (see `PlacedDriver`; the namespace lab, quicmig.lab.driver) is
+asked first, before anything else: it builds its network and names the server's bind address,
+and the network namespaces the server's and the client's sockets are created in. The endpoints
+still run here, in this process and on this event loop: only their sockets sit in the
+namespaces (quicmig.live.netns), so the tracker, the workload and the Result are exactly the
+ones of the other backends. The server's sockets are closed before `driver.aclose()`.
 """
 
 from __future__ import annotations
@@ -25,13 +33,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from quicmig.core import checks as check_mod
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.measure import migration_results
 from quicmig.core.results import Check, NetworkChange, Result, Series, Transfer
 from quicmig.errors import InputError, QuicmigError
+from quicmig.live import netns
 from quicmig.live.certs import CertPaths, write
 from quicmig.live.client import LiveClient
 from quicmig.live.server import LiveServer
@@ -65,6 +74,29 @@ class NetworkDriver(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the live endpoints' sockets are: bind addresses and network namespaces."""
+
+    server: Address = ("127.0.0.1", 0)  # port 0: any free port
+    server_netns: str | None = None  # None: this process's namespace
+    client_addresses: tuple[str, ...] | None = None  # None: LiveClient's default for the target
+    client_netns: str | None = None
+    # seconds: the client PINGs after this long without sending. For networks that move the
+    # client without telling it (the lab), so that a client that only receives is heard from
+    # its new address; None: as the scenario's client settings say.
+    client_keepalive: float | None = None
+
+
+@runtime_checkable
+class PlacedDriver(NetworkDriver, Protocol):
+    """A driver that also decides where the endpoints' sockets are (see the module notes)."""
+
+    async def place(self) -> Placement:
+        """Build the network; return where the server and the client must open sockets."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class LiveOptions:
     seed: int = 1
     keylog: Path | None = None  # server-side TLS secrets (SSLKEYLOGFILE)
@@ -93,15 +125,23 @@ async def run_live(scenario: Scenario, driver: NetworkDriver, options: LiveOptio
     with tempfile.TemporaryDirectory(prefix="quicmig-live-") as folder:
         certs = CertPaths.in_dir(Path(folder))
         write(certs)
-        server = LiveServer(
-            certs, [("127.0.0.1", 0)], secrets_log=options.keylog, log=lambda line: None
-        )
-        async with server:
+        try:
+            placement = await driver.place() if isinstance(driver, PlacedDriver) else Placement()
+            server = LiveServer(
+                certs, [placement.server], secrets_log=options.keylog, log=lambda line: None
+            )
+            with netns.sockets_in(placement.server_netns):
+                await server.start()
             try:
                 target = await driver.start(server.addresses[0])
-                return await _run(scenario, driver, options, server, certs, target, wall_start)
+                with netns.sockets_in(placement.client_netns):
+                    return await _run(
+                        scenario, driver, options, server, certs, target, placement, wall_start
+                    )
             finally:
-                await driver.aclose()
+                await server.aclose()
+        finally:
+            await driver.aclose()
 
 
 async def _run(
@@ -111,6 +151,7 @@ async def _run(
     server: LiveServer,
     certs: CertPaths,
     target: Address,
+    placement: Placement,
     wall_start: float,
 ) -> Result:
     assert isinstance(scenario.workload, Download)
@@ -118,13 +159,18 @@ async def _run(
     changes: list[NetworkChange] = []
     checks: list[Check] = []
     for setting, value in (
-        ("keepalive_s", scenario.client.keepalive),
+        ("keepalive_s", scenario.client.keepalive if placement.client_keepalive is None else None),
         ("failover_after_s", scenario.client.failover_after),
     ):
         if value is not None:
             checks.append(Check(f"client-{setting}", None, "the live client does not apply it yet"))
     deliveries: list[float] = []
-    async with LiveClient(target, ca=certs.ca, server_name="localhost") as client:
+    client = LiveClient(
+        target, ca=certs.ca, server_name="localhost", addresses=placement.client_addresses
+    )
+    async with client:
+        if placement.client_keepalive is not None and client.endpoint is not None:
+            client.endpoint.keepalive = scenario.client.keepalive or placement.client_keepalive
         started = server.now()
 
         async def timeline() -> None:
@@ -157,7 +203,9 @@ async def _run(
         # Events due during a short linger still run; the rest of the timeline is cut.
         await asyncio.sleep(min(LINGER, max(0.0, scenario.duration - server.now())))
         events.cancel()
-        await asyncio.gather(events, return_exceptions=True)
+        (outcome,) = await asyncio.gather(events, return_exceptions=True)
+        if isinstance(outcome, Exception):  # the network could not do an event: the run broke
+            raise outcome
         with contextlib.suppress(QuicmigError):
             await client.send_message(b"done")  # the client speaks from its final path
             await client.confirmed_record(timeout=1.0)

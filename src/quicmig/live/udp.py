@@ -1,7 +1,8 @@
 """Real UDP sockets for the sans-IO endpoints: asyncio datagram transports and one timer.
 
 This is the only place in the live lab that opens sockets; every socket error that a user can
-fix (port in use, address not configured) becomes a QuicmigError saying how.
+fix (port in use, address not configured) becomes a QuicmigError saying how. Inside
+`quicmig.live.netns.sockets_in(NAMESPACE)` sockets are created in that network namespace.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import cast
 
 from quicmig.core.datagram import Address, format_address
 from quicmig.errors import QuicmigError
+from quicmig.live import netns
 
 DatagramHandler = Callable[[bytes, Address], None]
 
@@ -68,10 +70,17 @@ async def open_socket(local: Address, on_datagram: DatagramHandler, role: str) -
         family = family_of(host)
     except ValueError as exc:
         raise QuicmigError(f"{host!r} is not an IP address ({role})") from exc
+    namespace = netns.current()
     try:
-        _, protocol = await loop.create_datagram_endpoint(
-            lambda: UdpSocket(on_datagram), local_addr=local, family=family
-        )
+        if namespace is None:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: UdpSocket(on_datagram), local_addr=local, family=family
+            )
+        else:  # inside the namespace lab (quicmig.live.netns)
+            sock = netns.bound_socket(namespace, family, local)
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: UdpSocket(on_datagram), sock=sock
+            )
     except OSError as exc:
         raise QuicmigError(bind_error(local, exc, role)) from exc
     if protocol.transport is None:  # connection_made() runs soon after creation

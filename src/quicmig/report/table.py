@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rich.console import Console
 from rich.table import Table
 
 from quicmig.core.results import Result
 
-PIPE_WIDTH = 120  # columns when printing to a file or pipe, where rich would assume 80
+PIPE_WIDTH = 132  # columns when printing to a file or pipe, where rich would assume 80
 
 
 def make_console() -> Console:
@@ -126,6 +128,12 @@ def print_result(console: Console, result: Result, why: str = "") -> None:
         console.print(f"[dim]{kind}: {path}[/dim]")
 
 
+def _kinds(observed: list[str]) -> str:
+    """ "port x2, address": the observed kinds, in order of first appearance."""
+    counts = Counter(kind.removesuffix("_change") for kind in observed)
+    return ", ".join(k if n == 1 else f"{k} x{n}" for k, n in counts.items()) or "-"
+
+
 def summary_table(results: list[Result]) -> Table:
     table = Table(title="Scenarios", title_justify="left")
     table.add_column("scenario", no_wrap=True)
@@ -139,9 +147,9 @@ def summary_table(results: list[Result]) -> Table:
         "sim time",
         "wall",
     ):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for result in results:
-        kinds = ", ".join(m.observed.replace("_change", "") for m in result.migrations) or "-"
+        kinds = _kinds([m.observed for m in result.migrations])
         rtts = [m.validation_rtt for m in result.migrations if m.validation_rtt is not None]
         gaps = [m.interruption for m in result.migrations if m.interruption is not None]
         style = VERDICT_STYLE[result.verdict.value]

@@ -1,0 +1,46 @@
+"""`quicmig compare A.json B.json [C.json ...]`: one scenario's results side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quicmig.errors import InputError
+from quicmig.report.compare import compare_table, load_run, scenario_warning
+from quicmig.report.table import make_console
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        description="Print results of the same scenario from different backends, seeds or "
+        "stacks side by side: verdict, transfer, checks, and per migration the kind the "
+        "server observed, detection delay, validation round trip, interruption, lost and "
+        "retransmitted data. Exit status: 0, or 2 for bad input.",
+        epilog="example:\n"
+        "  quicmig run nat-rebinding --json sim.json\n"
+        "  quicmig run nat-rebinding --backend proxy --json proxy.json\n"
+        "  quicmig compare sim.json proxy.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="RESULT.json",
+        help="two or more files written by `quicmig run NAME --json FILE`",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    files: list[Path] = args.files
+    if len(files) < 2:
+        raise InputError("compare needs at least two result files (quicmig run NAME --json FILE)")
+    runs = [load_run(path) for path in files]
+    warning = scenario_warning(runs)
+    if warning is not None:
+        print(f"quicmig: {warning}", file=sys.stderr)
+    make_console().print(compare_table(runs))
+    return 0

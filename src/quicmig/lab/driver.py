@@ -1,0 +1,260 @@
+"""The namespace lab as a NetworkDriver for `quicmig run --backend lab` (see quicmig.live.runner).
+
+Design: the endpoints stay in this process, only their sockets move into the lab. `place()`
+builds the network (`LabNetwork`: client, router and server namespaces, veths, nftables NAT
+with conntrack), and the runner creates the live server's socket inside the server namespace
+(10.199.0.2:4433) and the live client's inside the client namespace (bound to 0.0.0.0, never
+moved), through setns(2) on a short-lived thread (quicmig.live.netns). A socket keeps the
+namespace it was created in, so the asyncio loop, the aioquic connections, the migration
+tracker and the Result are the same code as for the simulator and the proxy, while every
+datagram crosses two veths and the kernel's NAT. No agent process, no JSON-lines protocol, no
+second tracker to reconcile.
+
+The migrations are made by the kernel, under a client that is not told (RFC 9000 section 9.3,
+passive migration: same connection ID, so `active` is false in the network changes):
+
+- `nat-rebind`: the NAT's port range moves on and the client's conntrack entries are deleted;
+  the client's next datagram leaves from a new public port (`port_change`).
+- `switch` (break-before-make, to the other one of `wifi` and `cellular`): the current link goes
+  down, `gap_s` later the default route points at the other interface; the kernel picks the new
+  source address and the NAT maps it to the other public address (`address_change`).
+- `address-change` on the current interface: `ip addr` replaces the client's address with the
+  next one (the scenario's address is a simulated label; the lab uses its own 10.199.x.y), the
+  NAT maps it to a new public address (`address_change`).
+
+Reported unsupported, with the reason: rebindings that move the NAT's public address,
+make-before-break switches, interface down/up, link changes, and any interface other than the
+lab's `wifi` and `cellular`. Link impairments: the rate of each interface's link applies (tbf on
+the router); delay and loss only with netem, which is missing from some kernels: then the Result's
+`stats.lab.not_emulated` says what was left out.
+
+The client PINGs after 0.1 s without sending (`CLIENT_KEEPALIVE`, as `quicmig lab` does), so a
+client that only receives is heard from its new address once the kernel has moved it.
+Everything the lab created is removed in `aclose()`, which the runner always calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from quicmig.core.datagram import Address
+from quicmig.core.results import NetworkChange
+from quicmig.errors import QuicmigError
+from quicmig.lab.network import (
+    INTERFACES,
+    SERVER_IP,
+    SERVER_PORT,
+    WIFI,
+    Interface,
+    LabNetwork,
+    NetworkMove,
+    Shaping,
+    new_prefix,
+)
+from quicmig.lab.system import Capabilities, detect, in_ns, run
+from quicmig.live.runner import Placement
+from quicmig.model.scenario import (
+    AddressChange,
+    NatRebind,
+    Scenario,
+    Switch,
+    SwitchMode,
+    TimelineEvent,
+)
+from quicmig.model.topology import LinkProfile
+
+CLIENT_KEEPALIVE = 0.1  # seconds without sending before the client PINGs
+
+
+def _lab_interface(name: str) -> Interface | None:
+    return next((i for i in INTERFACES if i.name == name), None)
+
+
+def _iface_name(ref: str) -> str:
+    """`client.wifi` -> `wifi`."""
+    return ref.rpartition(".")[2]
+
+
+class LabDriver:
+    name = "lab"
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int,
+        *,
+        capabilities: Capabilities | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        topology = scenario.topology
+        self.client_host = topology.clients[0]
+        self.start_iface = scenario.client.interface or self.client_host.interfaces[0].name
+        self.scenario = scenario
+        self.seed = seed
+        self.prefix = prefix or new_prefix()
+        self.capabilities = capabilities
+        self.net: LabNetwork | None = None
+        self.not_emulated: list[str] = []
+        self.moves: list[NetworkMove] = []
+        self._stack = contextlib.ExitStack()
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def _profile(self, iface: str) -> LinkProfile | None:
+        names = {i.name for i in self.client_host.interfaces}
+        if iface not in names:
+            return None
+        return self.scenario.topology.link_of(self.client_host.name, iface).profile
+
+    def _shaping(self, profile: LinkProfile) -> Shaping:
+        return Shaping(
+            rate_mbit=(profile.rate or 0.0) / 1e6,
+            delay_ms=profile.delay * 1e3,
+            loss_pct=profile.loss * 100,
+        )
+
+    async def place(self) -> Placement:
+        start = _lab_interface(self.start_iface)
+        if start is None:
+            raise QuicmigError(
+                f"scenario {self.scenario.name}: the client starts on {self.start_iface!r}; "
+                "the lab's client has `wifi` and `cellular` only"
+            )
+        caps = self.capabilities or detect(f"{self.prefix}-probe")
+        profile = self._profile(start.name)
+        assert profile is not None
+        shaping = self._shaping(profile)
+        if not caps.netem and (shaping.delay_ms > 0 or shaping.loss_pct > 0):
+            self.not_emulated.append(
+                f"delay {shaping.delay_ms:g} ms and loss {shaping.loss_pct:g} % of the client's "
+                "links (this kernel has no netem); rates apply"
+            )
+        workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="qm-lab-")))
+        net = self._stack.enter_context(LabNetwork(self.prefix, shaping, caps, workdir))
+        self.net = net
+        # Each interface at its own link's rate (LabNetwork shapes both like the first).
+        if not (caps.netem and (shaping.delay_ms > 0 or shaping.loss_pct > 0)):
+            for interface in INTERFACES:
+                other = self._profile(interface.name)
+                if other is not None and interface is not start:
+                    _tbf(net, interface, (other.rate or 0.0) / 1e6)
+        if start is not WIFI:
+            await asyncio.to_thread(net.switch, 0.0)  # before the client exists
+            net.moves.clear()
+        return Placement(
+            server=(SERVER_IP, SERVER_PORT),
+            server_netns=net.server_ns,
+            client_addresses=("0.0.0.0",),
+            client_netns=net.client_ns,
+            client_keepalive=CLIENT_KEEPALIVE,
+        )
+
+    async def start(self, server: Address) -> Address:
+        return server  # the client reaches the server's own address, through the router
+
+    # --- events --------------------------------------------------------------------------
+
+    def unsupported(self, event: TimelineEvent) -> str | None:
+        match event:
+            case NatRebind(new_address=True):
+                return (
+                    "the lab's NAT keeps each client address's public address (paired pooling); "
+                    "a rebinding to a new public address is not built"
+                )
+            case NatRebind():
+                return None
+            case Switch(mode=mode) if mode is not SwitchMode.BREAK_BEFORE_MAKE:
+                return f"{mode.value} switches are not built; the lab does break-before-make"
+            case Switch(to=to):
+                if _lab_interface(to) is None:
+                    return f"no interface {to!r} in the lab (it has wifi and cellular)"
+                return None
+            case AddressChange(iface=ref):
+                if _lab_interface(_iface_name(ref)) is None:
+                    return f"no interface {ref!r} in the lab (it has wifi and cellular)"
+                return None
+        kind = type(event).__name__
+        return f"{kind} is not built in the lab (it does nat-rebind, switch, address-change)"
+
+    async def apply(self, event: TimelineEvent, now: float) -> NetworkChange:
+        net = self.net
+        if net is None:
+            raise QuicmigError("the lab driver was not placed")
+        # The kernel commands run in a thread: the event loop keeps serving both endpoints.
+        # Each change is dated when it took effect (NetworkMove.at: before the conntrack
+        # deletion, the link going down, the old address going), on the runner's clock: both
+        # clocks are time.monotonic() with different origins.
+        offset = now - net.now()
+        match event:
+            case NatRebind(nat=nat):
+                move = await asyncio.to_thread(net.rebind)
+                return self._change(move.at + offset, "nat-rebind", f"{nat}: {move.detail}", move)
+            case Switch(to=to, gap=gap):
+                target = _lab_interface(to)
+                if target is not None and target is net.current:
+                    raise QuicmigError(f"switch to {to}: the client is already on it")
+                move = await asyncio.to_thread(net.switch, gap)
+                return self._change(move.at + offset, "switch", move.detail, move)
+            case AddressChange(iface=ref):
+                interface = _lab_interface(_iface_name(ref))
+                if interface is not net.current:
+                    raise QuicmigError(
+                        f"address-change on {ref}: the client is on {net.current.name} now"
+                    )
+                move = await asyncio.to_thread(net.ip_change)
+                detail = f"{ref}: {move.detail}"
+                return self._change(move.at + offset, "address-change", detail, move)
+        raise QuicmigError(f"{type(event).__name__} is not supported by the lab backend")
+
+    def _change(self, now: float, event: str, detail: str, move: NetworkMove) -> NetworkChange:
+        self.moves.append(move)
+        public = f"public {move.old_public} -> {move.new_public}"
+        return NetworkChange(now, event, f"{detail} ({public})", False)
+
+    # --- results and cleanup -------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        net = self.net
+        return {
+            "lab": {
+                "prefix": self.prefix,
+                "namespaces": [] if net is None else [net.client_ns, net.router_ns, net.server_ns],
+                "client_keepalive_s": CLIENT_KEEPALIVE,
+                "moves": [
+                    {
+                        "kind": m.kind,
+                        "detail": m.detail,
+                        "old_public": m.old_public,
+                        "new_public": m.new_public,
+                        "port_range": list(m.port_range),
+                    }
+                    for m in self.moves
+                ],
+                "not_emulated": list(self.not_emulated),
+            }
+        }
+
+    async def aclose(self) -> None:
+        self.net = None
+        self._stack.close()  # LabNetwork.__exit__: namespaces and the NAT table are deleted
+
+
+def _tbf(net: LabNetwork, interface: Interface, rate_mbit: float) -> None:
+    """The router's side of `interface` at `rate_mbit` (0: no limit), as LabNetwork does."""
+    name = net.router_if(interface)
+    if rate_mbit <= 0:
+        run(in_ns(net.router_ns, "tc", "qdisc", "del", "dev", name, "root"), check=False)
+        return
+    rate = rate_mbit * 1e6  # bits per second
+    burst = max(16_000, int(rate / 8 / 100))  # bytes: at least 10 ms at the rate
+    run(
+        in_ns(
+            net.router_ns,
+            *("tc", "qdisc", "replace", "dev", name, "root", "tbf"),
+            *("rate", f"{rate:.0f}bit", "burst", str(burst), "latency", "100ms"),
+        )
+    )

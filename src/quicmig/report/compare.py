@@ -1,0 +1,245 @@
+"""Results of one scenario from different backends, seeds or stacks, side by side.
+
+`load_run(path)` reads one result JSON (as written by `quicmig run ... --json FILE`) and checks
+that it is one; `compare_table(runs)` lays the runs out as columns and the measurements as rows:
+verdict, transfer, every check, and for each migration (by its index) the kind the server
+observed, the network change behind it, detection delay, validation round trip, whether the
+first packet on the new path carried PATH_CHALLENGE, new DCID, interruption and lost /
+retransmitted. A value missing from a run (no second migration, a check one backend did not
+make) is shown as `-`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from quicmig.core.results import SCHEMA
+from quicmig.errors import InputError
+
+REQUIRED = ("scenario", "backend", "seed", "verdict", "checks", "transfer", "migrations")
+MARK = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]?[/yellow]"}
+VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "unsupported": "bold yellow"}
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One result file, as read."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def scenario(self) -> str:
+        return str(self.data["scenario"])
+
+    @property
+    def stack(self) -> str:
+        extensions = self.data.get("stats", {}).get("quic_extensions") or []
+        return "quicmig" if extensions else "stock"
+
+    def label(self, vary: set[str]) -> str:
+        """The column title: the backend, plus whatever else differs between the runs."""
+        parts = [str(self.data["backend"])]
+        if "seed" in vary:
+            parts.append(f"seed {self.data['seed']}")
+        if "stack" in vary:
+            parts.append(self.stack)
+        if "scenario" in vary:
+            parts.append(self.scenario)
+        if "file" in vary:
+            parts.append(self.path.name)
+        return "\n".join(parts)
+
+
+def load_run(path: Path) -> Run:
+    """Read one quicmig result; bad input raises InputError with one line naming the file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{path}: not JSON (line {exc.lineno}: {exc.msg}); give files written by "
+            "`quicmig run NAME --json FILE`"
+        ) from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema == SCHEMA.replace("result/", "results/"):
+        count = len(data.get("runs", []))
+        raise InputError(
+            f"{path}: holds {count} runs (`quicmig run all --json`); compare single-run files "
+            "(`quicmig run NAME --json FILE`, or the per-scenario files of `run all --out DIR`)"
+        )
+    if schema != SCHEMA:
+        found = f"schema {schema!r}" if schema is not None else "no quicmig schema"
+        raise InputError(
+            f"{path}: not a quicmig result ({found}, expected {SCHEMA!r}); give files written "
+            "by `quicmig run NAME --json FILE`"
+        )
+    assert isinstance(data, dict)
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise InputError(f"{path}: a {SCHEMA} without {', '.join(missing)}; is it truncated?")
+    if not isinstance(data["migrations"], list) or not isinstance(data["checks"], list):
+        raise InputError(f"{path}: `migrations` and `checks` must be lists")
+    return Run(path, data)
+
+
+def varying(runs: list[Run]) -> set[str]:
+    """What tells the runs apart beyond the backend (used in the column titles)."""
+    vary = {
+        name
+        for name, values in (
+            ("seed", {r.data["seed"] for r in runs}),
+            ("stack", {r.stack for r in runs}),
+            ("scenario", {r.scenario for r in runs}),
+        )
+        if len(values) > 1
+    }
+    titles = [r.label(vary) for r in runs]
+    if len(set(titles)) < len(titles):
+        vary.add("file")
+    return vary
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 1e3:.1f} ms"
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f} s"
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e3:.1f} kB" if count >= 1000 else f"{count} B"
+
+
+def _yes_no(value: Any) -> str:
+    return "-" if value is None else ("yes" if value else "[red]no[/red]")
+
+
+def _verdict(data: dict[str, Any]) -> str:
+    verdict = str(data["verdict"])
+    style = VERDICT_STYLE.get(verdict, "bold")
+    text = f"[{style}]{verdict}[/{style}]"
+    expected = data.get("expected_verdict")
+    if expected is not None and expected != verdict:
+        text += f" (expected {expected})"
+    return text
+
+
+def _transfer(data: dict[str, Any]) -> str:
+    transfer = data["transfer"]
+    state = "intact" if transfer.get("intact") else "[red]not intact[/red]"
+    text = f"{transfer.get('bytes', 0):,} B {state}"
+    if transfer.get("completed_at") is not None:
+        text += f"\ndone at {_s(transfer['completed_at'])}"
+    return text
+
+
+def _migration_rows(index: int, migrations: list[dict[str, Any] | None]) -> list[list[str]]:
+    """Rows for migration `index` (1-based) of every run; None where a run has none."""
+
+    def cells(render: Any) -> list[str]:
+        return [render(m) if m is not None else "-" for m in migrations]
+
+    def change(m: dict[str, Any]) -> str:
+        if m.get("network_change_at") is None:
+            return "-"
+        return f"{m.get('network_change')} @ {_s(m['network_change_at'])}"
+
+    def validation(m: dict[str, Any]) -> str:
+        return _ms(m.get("validation_rtt")) if m.get("validated_at") is not None else "[red]never"
+
+    def peers(m: dict[str, Any]) -> str:
+        old, new = str(m.get("old_peer", "?")), str(m.get("new_peer", "?"))
+        if old.rpartition(":")[0] == new.rpartition(":")[0]:
+            return f":{old.rpartition(':')[2]} → :{new.rpartition(':')[2]}"
+        return f"{old} →\n{new}"
+
+    def lost(m: dict[str, Any]) -> str:
+        return f"{m.get('lost_packets', 0)} / {_size(int(m.get('retransmitted_bytes', 0)))}"
+
+    return [
+        [f"migration {index}", *cells(lambda m: f"[bold]{m['observed'].replace('_', ' ')}")],
+        ["  client address", *cells(peers)],
+        ["  network change", *cells(change)],
+        ["  detection delay", *cells(lambda m: _ms(m.get("detection_delay")))],
+        ["  challenge first", *cells(lambda m: _yes_no(m.get("first_packet_had_challenge")))],
+        ["  validation RTT", *cells(validation)],
+        ["  new DCID", *cells(lambda m: "yes" if m.get("cid_changed") else "no")],
+        ["  interruption", *cells(lambda m: _ms(m.get("interruption")))],
+        ["  lost / retx", *cells(lost)],
+    ]
+
+
+def compare_table(runs: list[Run]) -> Table:
+    """One column per run, one row per measurement; the first column names the row."""
+    vary = varying(runs)
+    scenarios = list(dict.fromkeys(r.scenario for r in runs))
+    table = Table(
+        title=f"{' vs '.join(scenarios)}: {len(runs)} runs side by side",
+        title_justify="left",
+        show_lines=False,
+    )
+    table.add_column("", style="bold", no_wrap=True)
+    for run in runs:
+        table.add_column(run.label(vary), overflow="fold")
+    datas = [r.data for r in runs]
+
+    def row(name: str, values: list[str], *, end_section: bool = False) -> None:
+        table.add_row(name, *values, end_section=end_section)
+
+    row("verdict", [_verdict(d) for d in datas])
+    row("transfer", [_transfer(d) for d in datas], end_section=True)
+
+    names: list[str] = []
+    for data in datas:
+        for check in data["checks"]:
+            if check["name"] not in names:
+                names.append(check["name"])
+    for position, name in enumerate(names):
+        values = []
+        for data in datas:
+            found = [c for c in data["checks"] if c["name"] == name]
+            values.append(MARK.get(found[0]["passed"], "?") if found else "-")
+        row(name, values, end_section=position == len(names) - 1)
+
+    count = max(len(d["migrations"]) for d in datas)
+    if count == 0:
+        row("migrations", ["none observed" for _ in datas], end_section=True)
+    for index in range(count):
+        migrations = [
+            d["migrations"][index] if index < len(d["migrations"]) else None for d in datas
+        ]
+        rows = _migration_rows(index + 1, migrations)
+        for position, cells in enumerate(rows):
+            row(cells[0], cells[1:], end_section=position == len(rows) - 1)
+
+    row("paths seen", [str(len(d.get("paths_seen", []))) for d in datas])
+    row("CID rotations", [str(len(d.get("cid_rotations", []))) for d in datas])
+    row(
+        "run length",
+        [_s(d.get("stats", {}).get("simulated_seconds")) for d in datas],
+    )
+    row("wall", [_s(d.get("wall", {}).get("seconds")) for d in datas])
+    return table
+
+
+def scenario_warning(runs: list[Run]) -> str | None:
+    """One line when the runs are not all of the same scenario (allowed, but say so)."""
+    scenarios = list(dict.fromkeys(r.scenario for r in runs))
+    if len(scenarios) < 2:
+        return None
+    return (
+        f"warning: the runs are of different scenarios ({', '.join(scenarios)}); "
+        "the rows line up migrations by their order only"
+    )

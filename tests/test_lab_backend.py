@@ -1,0 +1,134 @@
+"""`quicmig run SCENARIO --backend lab`: the scenario's network moves made by the kernel, in
+namespaces, under the live endpoints of this process; the same Result JSON as every backend.
+
+Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN), `ip netns add`, nft, conntrack and tc; elsewhere
+these tests skip, saying which is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quicmig.cli import main
+from quicmig.core.results import NetworkChange
+from quicmig.errors import QuicmigError
+from quicmig.lab.driver import LabDriver
+from quicmig.lab.network import leftovers, namespaces, new_prefix
+from quicmig.lab.system import unavailable
+from quicmig.live.runner import LiveOptions, run_live
+from quicmig.model.loader import load_scenario
+from quicmig.model.scenario import NatRebind, TimelineEvent
+
+UNAVAILABLE = unavailable(f"{new_prefix()}-probe")
+needs_lab = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
+BOUNDED = ["--set", "duration_s=15"]  # every wait of the run ends by then
+
+
+def _run(tmp_path: Path, scenario: str, *settings: str) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / f"{scenario}.json"
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    argv = ["run", scenario, "--backend", "lab", *BOUNDED, *overrides, "--json", str(out), "-q"]
+    code = main(argv)
+    data: dict[str, Any] = json.loads(out.read_text())
+    return code, data
+
+
+def _nothing_left(result: dict[str, Any]) -> None:
+    prefix = result["stats"]["lab"]["prefix"]
+    assert leftovers(prefix) == []
+    assert not [name for name in namespaces() if name.startswith(prefix)]
+
+
+@needs_lab
+def test_nat_rebinding_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, result = _run(tmp_path, "nat-rebinding", "workload.bytes=3000000")
+    capsys.readouterr()
+    sim_out = tmp_path / "sim.json"
+    assert main(["run", "nat-rebinding", "--set", "workload.bytes=2000000", "-q", "--json",
+                 str(sim_out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert set(result) == set(json.loads(sim_out.read_text()))  # one schema
+    assert result["backend"] == "lab"
+    assert code == 0 and result["verdict"] == "passed", result["reasons"]
+    assert result["transfer"]["intact"] and result["transfer"]["bytes"] == 3_000_000
+    (move,) = result["stats"]["lab"]["moves"]
+    (mig,) = result["migrations"]
+    assert mig["observed"] == "port_change" and mig["network_change"] == "nat-rebind"
+    old_host, _, old_port = mig["old_peer"].rpartition(":")
+    new_host, _, new_port = mig["new_peer"].rpartition(":")
+    # What the server saw is the kernel NAT's doing: its public address, a port of the new range.
+    assert old_host == new_host == move["new_public"] == "10.199.101.2"
+    assert 40000 <= int(old_port) <= 40999
+    low, high = move["port_range"]
+    assert (low, high) == (41000, 41999) and low <= int(new_port) <= high
+    assert mig["validated_at"] is not None and mig["validation_rtt"] > 0
+    assert mig["first_packet_had_challenge"] is True
+    assert 0 <= mig["detection_delay"] < 1.0
+    assert result["paths_seen"] == [mig["old_peer"], mig["new_peer"]]
+    _nothing_left(result)
+
+
+@needs_lab
+def test_network_switch_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, result = _run(tmp_path, "network-switch", "workload.bytes=4000000", "timeline.0.at_s=0.4")
+    capsys.readouterr()
+    assert result["backend"] == "lab" and code == (0 if result["verdict"] == "passed" else 1)
+    assert result["transfer"]["intact"] and result["transfer"]["bytes"] == 4_000_000
+    (change,) = result["network_changes"]
+    assert change["event"] == "switch" and not change["active"]  # the kernel moved it
+    assert "wifi link down" in change["detail"]
+    (mig,) = result["migrations"]
+    assert mig["observed"] == "address_change" and mig["network_change"] == "switch"
+    # WiFi's public address, then cellular's (the NAT pairs each private address with one).
+    assert mig["old_peer"].startswith("10.199.101.2:")
+    assert mig["new_peer"].startswith("10.199.102.2:")
+    assert mig["validated_at"] is not None and mig["challenges"] >= 1
+    assert not mig["cid_changed"]  # passive: the client did not know, it kept its CID
+    checks = {c["name"]: c["passed"] for c in result["checks"]}
+    assert checks["paths-validated"] and checks["migrations-observed"]
+    assert checks["challenges-answered"]
+    _nothing_left(result)
+
+
+def test_events_the_lab_cannot_do_are_named() -> None:
+    scenario = load_scenario("nat-rebinding-addr")
+    driver = LabDriver(scenario, 1)
+    (event,) = scenario.timeline
+    reason = driver.unsupported(event)
+    assert reason is not None and "new public address" in reason
+    switch = load_scenario("make-before-break").timeline[0]
+    assert "make-before-break" in (LabDriver(scenario, 1).unsupported(switch) or "")
+    blackhole = load_scenario("blackhole").timeline[0]
+    assert "not built in the lab" in (driver.unsupported(blackhole) or "")
+    assert driver.unsupported(load_scenario("nat-rebinding").timeline[0]) is None
+
+
+class _FailingDriver(LabDriver):
+    async def apply(self, event: TimelineEvent, now: float) -> NetworkChange:
+        await super().apply(event, now)
+        raise QuicmigError("injected failure after the move")
+
+
+@needs_lab
+def test_a_failed_run_leaves_nothing_behind() -> None:
+    scenario = load_scenario("nat-rebinding", ["workload.bytes=3000000", "duration_s=10"])
+    assert isinstance(scenario.timeline[0], NatRebind)
+    driver = _FailingDriver(scenario, 1)
+    built: list[str] = []
+    original = driver.place
+
+    async def place() -> Any:
+        placement = await original()
+        built.extend(name for name in namespaces() if name.startswith(driver.prefix))
+        return placement
+
+    driver.place = place  # type: ignore[method-assign]
+    with pytest.raises(QuicmigError, match="injected failure"):
+        asyncio.run(run_live(scenario, driver, LiveOptions()))
+    assert len(built) == 3  # client, router, server existed during the run
+    assert leftovers(driver.prefix) == []
