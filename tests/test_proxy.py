@@ -142,8 +142,10 @@ def test_random_and_bursty_loss_rates() -> None:
             count = 1000
             for number in range(count):
                 pinger.send(number, proxy.local)
-                if number % 50 == 49:
-                    await asyncio.sleep(0.002)  # stay within socket buffers
+                if number % 10 == 9:
+                    # Stay well within socket buffers: on a loaded machine the kernel drops
+                    # datagrams too, which would add to the loss being measured.
+                    await asyncio.sleep(0.002)
             await asyncio.sleep(0.2)
             arrived = {n for _, n in echo.arrivals}
             missing = [n not in arrived for n in range(count)]
@@ -160,8 +162,9 @@ def test_random_and_bursty_loss_rates() -> None:
         return await with_echo(profile, body)
 
     uplink_loss, echoed, burst = run(measure(LinkProfile(delay=0.001, loss=0.20)))
-    assert 0.16 <= uplink_loss <= 0.24  # binomial, 1000 draws: sd 1.3 points
-    assert 0.58 <= echoed <= 0.70  # both directions: 0.8 * 0.8
+    # Binomial, 1000 draws: sd 1.26 points; the bounds are 4.7 sd either side.
+    assert 0.14 <= uplink_loss <= 0.26
+    assert 0.56 <= echoed <= 0.72  # both directions: 0.8 * 0.8, sd 1.5 points
     assert burst < 1.6  # independent losses: mean run 1 / 0.8 = 1.25
     uplink_loss, _, burst = run(measure(LinkProfile(delay=0.001, loss=0.20, burst_len=4.0)))
     assert 0.12 <= uplink_loss <= 0.28  # bursts make the estimate noisier
