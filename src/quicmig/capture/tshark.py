@@ -291,16 +291,4 @@ def _tshark_fields(
     command += ["-Y", "quic && !icmp && !icmpv6", "-T", "fields", "-E", "separator=/t"]
     for name in FIELDS:
         command += ["-e", name]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise QuicmigError(f"tshark took more than {TIMEOUT:g} s on {capture}") from None
-    if proc.returncode != 0:
-        errors = [
-            line
-            for line in proc.stderr.splitlines()
-            if line.strip() and "dangerous" not in line and not line.startswith("Running as")
-        ]
-        detail = errors[0] if errors else f"exit status {proc.returncode}"
-        raise InputError(f"tshark cannot read {capture}: {detail}")
-    return parse_rows(proc.stdout)
+    return parse_rows(_run(command, capture))

@@ -68,8 +68,22 @@ class RunOptions:
     progress: Callable[[float, float], None] | None = None  # (virtual now, duration)
 
 
-class SimClient:
+class _SimNode:
+    """A host's endpoint as the scheduler sees it: its timer is the endpoint's."""
+
+    endpoint: ClientEndpoint | ServerEndpoint
+
+    def get_timer(self) -> float | None:
+        return self.endpoint.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.endpoint.handle_timer(now)
+
+
+class SimClient(_SimNode):
     """A client host's socket glue: which interface and local address the client uses."""
+
+    endpoint: ClientEndpoint
 
     def __init__(self, sim: Simulation, host: str, iface: str, endpoint: ClientEndpoint) -> None:
         self.sim = sim
@@ -101,12 +115,6 @@ class SimClient:
         self.endpoint.receive_datagram(datagram.data, datagram.src, now)
         self.sim.mark(self)
 
-    def get_timer(self) -> float | None:
-        return self.endpoint.get_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self.endpoint.handle_timer(now)
-
     def service(self, now: float) -> None:
         for data, addr in self.endpoint.datagrams_to_send(now):
             self.sim.network.send(self.ref, Datagram(self.local, addr, data), now)
@@ -121,8 +129,10 @@ class SimClient:
                     self.sim.failover(self, now)
 
 
-class SimServer:
+class SimServer(_SimNode):
     """The server host's sockets: its first address and, if it has one, its preferred one."""
+
+    endpoint: ServerEndpoint
 
     def __init__(
         self, sim: Simulation, ref: str, endpoint: ServerEndpoint, preferred: Address | None
@@ -145,12 +155,6 @@ class SimServer:
     def receive(self, datagram: Datagram, now: float, local: Address | None = None) -> None:
         self.endpoint.receive_datagram(datagram.data, datagram.src, now, local)
         self.sim.mark(self)
-
-    def get_timer(self) -> float | None:
-        return self.endpoint.get_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self.endpoint.handle_timer(now)
 
     def service(self, now: float) -> None:
         for data, addr, local in self.endpoint.datagrams_to_send_from(now):
