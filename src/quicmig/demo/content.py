@@ -126,9 +126,12 @@ ID that came with it. Deployments use it to hand connections from an anycast or 
 address to one server's own address.
 
 aioquic 1.7 clients honour a preferred address, but [bold]aioquic 1.7 servers cannot send
-one[/bold], so quicmig has no scenario for it yet. It is planned (quic-interop-runner's
-connectionmigration test) as an opt-in extension; until then it is reported as unsupported
-rather than imitated.""",
+one[/bold]. quicmig's server connection adds it (src/quicmig/aioquic_ext.py: the connection ID
+with sequence number 1 and its reset token in the transport parameter) and accepts the
+connection on both addresses. See the scenarios preferred-address (the client's first packet
+there carries a new DCID: quic-interop-runner's connectionmigration check) and
+preferred-address-unreachable (the client stays where it is), or live:
+quicmig server --preferred-address 127.0.0.1:4434.""",
     ),
     Topic(
         "benefits",
