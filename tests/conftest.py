@@ -1,17 +1,56 @@
-"""Shared fixtures: each built-in scenario runs once per test session (seed 1)."""
+"""Shared fixtures and helpers: built-in scenario runs (once per session, seed 1), live-lab
+certificates, a time-bounded runner for coroutines, loss-run lengths."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 
 from quicmig.core.results import Result
+from quicmig.live.certs import CertPaths, write
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import Scenario
 from quicmig.sim.runner import RunOptions, Simulation
 
 SEED = 1
+LIVE_LIMIT = 20.0  # seconds: no live test may take longer
+T = TypeVar("T")
+
+
+def run_bounded(coro: Awaitable[T], limit: float = LIVE_LIMIT) -> T:
+    """Run `coro` on a fresh event loop, failing after `limit` seconds."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, limit)
+
+    return asyncio.run(bounded())
+
+
+def loss_runs(lost: Sequence[bool]) -> list[int]:
+    """Lengths of the runs of consecutive losses in `lost`."""
+    runs, current = [], 0
+    for flag in lost:
+        if flag:
+            current += 1
+        elif current:
+            runs.append(current)
+            current = 0
+    if current:
+        runs.append(current)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
+    """The live lab's CA and server certificate, written once (tests that change them make
+    their own)."""
+    paths = CertPaths.in_dir(tmp_path_factory.mktemp("certs"))
+    write(paths)
+    return paths
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from conftest import loss_runs
 
 from quicmig.core.datagram import Datagram
 from quicmig.model.topology import LinkProfile
@@ -138,19 +139,6 @@ def test_random_loss_rate_within_binomial_bounds() -> None:
     assert sorted(dropped) == sorted(set(range(n)) - delivered)
 
 
-def _loss_runs(lost: list[bool]) -> list[int]:
-    runs, current = [], 0
-    for flag in lost:
-        if flag:
-            current += 1
-        elif current:
-            runs.append(current)
-            current = 0
-    if current:
-        runs.append(current)
-    return runs
-
-
 def _lost_flags(profile: LinkProfile, n: int, seed: int) -> list[bool]:
     p = pipe(profile, seed=seed)
     for i in range(n):
@@ -170,7 +158,7 @@ def test_bursty_loss_average_and_mean_burst_length() -> None:
     lam = 1 - p_enter - r
     sigma_rate = math.sqrt(loss * (1 - loss) / n * (1 + lam) / (1 - lam))
     assert abs(sum(lost) / n - loss) <= 4 * sigma_rate
-    runs = _loss_runs(lost)
+    runs = loss_runs(lost)
     # Burst lengths are geometric with mean 1/r and variance (1-r)/r^2.
     sigma_burst = math.sqrt((1 - r) / r**2 / len(runs))
     assert abs(sum(runs) / len(runs) - burst) <= 4 * sigma_burst
@@ -178,7 +166,7 @@ def test_bursty_loss_average_and_mean_burst_length() -> None:
 
 def test_independent_loss_has_short_bursts() -> None:
     n, loss = 40_000, 0.10
-    runs = _loss_runs(_lost_flags(LinkProfile(delay=0.0, loss=loss), n, seed=11))
+    runs = loss_runs(_lost_flags(LinkProfile(delay=0.0, loss=loss), n, seed=11))
     # Independent losses: run lengths are geometric with mean 1/(1-loss).
     mean = 1 / (1 - loss)
     sigma = math.sqrt(loss / (1 - loss) ** 2 / len(runs))

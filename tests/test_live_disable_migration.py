@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from quicmig.core.tracker import MigrationTracker
-from quicmig.live.certs import CertPaths, write
+from quicmig.live.certs import CertPaths
 from quicmig.live.client import LiveClient, MigrationRefused, SwitchMode
 from quicmig.live.server import LiveServer
 
 LIMIT = 20.0  # seconds
 KINDS = ["nat-rebinding", "ip-change", "network-switch"]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
-    paths = CertPaths.in_dir(tmp_path_factory.mktemp("certs"))
-    write(paths)
-    return paths
 
 
 async def _session(certs: CertPaths, honour: bool) -> tuple[MigrationTracker, list[str]]:

@@ -11,9 +11,8 @@ import hashlib
 import json
 import socket
 import ssl
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 from aioquic.asyncio.client import connect
@@ -22,6 +21,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
+from conftest import run_bounded as run
 
 from quicmig.core.app import content
 from quicmig.core.datagram import format_address
@@ -35,23 +35,6 @@ from quicmig.live.client import (
     download_with_moves,
 )
 from quicmig.live.server import BYTES_SEED, LiveServer
-
-T = TypeVar("T")
-LIMIT = 20.0  # seconds: no live test may take longer
-
-
-def run(coro: Awaitable[T], limit: float = LIMIT) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, limit)
-
-    return asyncio.run(bounded())
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
-    paths = CertPaths.in_dir(tmp_path_factory.mktemp("certs"))
-    write(paths)
-    return paths
 
 
 def live_server(certs: CertPaths, log: list[str] | None = None) -> LiveServer:

@@ -20,7 +20,7 @@ from quicmig.core.checks import attack_checks, preferred_address_checks
 from quicmig.core.datagram import Address, Datagram
 from quicmig.core.tracker import ObservedMigration, ServerAddressUse
 from quicmig.errors import InputError
-from quicmig.live.certs import CertPaths, write
+from quicmig.live.certs import CertPaths
 from quicmig.live.client import LiveClient
 from quicmig.live.server import LiveServer
 from quicmig.model.loader import load_scenario
@@ -231,13 +231,6 @@ def test_same_seed_same_json() -> None:
 
 
 # --- item 1: preferred address, live on loopback -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
-    paths = CertPaths.in_dir(tmp_path_factory.mktemp("certs"))
-    write(paths)
-    return paths
 
 
 def test_live_client_follows_the_preferred_address(certs: CertPaths) -> None:

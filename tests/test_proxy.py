@@ -23,12 +23,14 @@ import pytest
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.server import serve
 from aioquic.quic.configuration import QuicConfiguration
+from conftest import loss_runs
+from conftest import run_bounded as run
 
 from quicmig.cli import main
 from quicmig.core.app import content
 from quicmig.core.datagram import Address, format_address
 from quicmig.errors import QuicmigError
-from quicmig.live.certs import CertPaths, write
+from quicmig.live.certs import CertPaths
 from quicmig.live.client import LiveClient
 from quicmig.live.server import LiveServer
 from quicmig.live.udp import UdpSocket, open_socket
@@ -37,22 +39,7 @@ from quicmig.proxy.control import ControlServer, send_request
 from quicmig.proxy.core import Proxy, ProxyConfig
 
 T = TypeVar("T")
-LIMIT = 20.0  # seconds: no proxy test may take longer
 LOOPBACK = "127.0.0.1"
-
-
-def run(coro: Awaitable[T], limit: float = LIMIT) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, limit)
-
-    return asyncio.run(bounded())
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
-    paths = CertPaths.in_dir(tmp_path_factory.mktemp("certs"))
-    write(paths)
-    return paths
 
 
 class Echo:
@@ -151,7 +138,7 @@ def test_random_and_bursty_loss_rates() -> None:
             missing = [n not in arrived for n in range(count)]
             bursts = [
                 length
-                for length in _runs(missing)  # lengths of consecutive losses
+                for length in loss_runs(missing)  # lengths of consecutive losses
             ]
             return (
                 1 - len(arrived) / count,
@@ -169,19 +156,6 @@ def test_random_and_bursty_loss_rates() -> None:
     uplink_loss, _, burst = run(measure(LinkProfile(delay=0.001, loss=0.20, burst_len=4.0)))
     assert 0.12 <= uplink_loss <= 0.28  # bursts make the estimate noisier
     assert 2.5 <= burst <= 6.0  # Gilbert-Elliott: mean burst 4 packets
-
-
-def _runs(flags: list[bool]) -> list[int]:
-    runs, current = [], 0
-    for flag in flags:
-        if flag:
-            current += 1
-        elif current:
-            runs.append(current)
-            current = 0
-    if current:
-        runs.append(current)
-    return runs
 
 
 def test_rate_limit_and_queue() -> None:
