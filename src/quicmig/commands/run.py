@@ -216,15 +216,18 @@ def _run_proxy(args: argparse.Namespace, console: Console) -> int:
     backend = args.backend
     if args.target == "all":
         raise InputError(f"--backend {backend} runs one scenario at a time; name it")
-    for flag in ("pcap", "qlog_dir", "out", "plot"):
-        if getattr(args, flag) is not None:
-            raise InputError(
-                f"--{flag.replace('_', '-')} is not available with --backend {backend} yet "
-                f"(use `quicmig {backend} --pcap` by hand, or --backend sim)"
-            )
+    if args.out is not None:
+        raise InputError("--out DIR goes with `all`; for one run use --json/--plot/--pcap")
+    if args.pcap is not None and backend == "lab":
+        raise InputError(
+            "--pcap with --backend lab: the lab captures its router's three interfaces; use "
+            "`quicmig lab run --pcap DIR`, or --backend proxy"
+        )
     scenario = load_scenario(args.target, args.overrides)
     _check_outputs(args)
-    options = LiveOptions(seed=args.seed, keylog=args.keylog)
+    if args.qlog_dir is not None:
+        args.qlog_dir.mkdir(parents=True, exist_ok=True)
+    options = LiveOptions(seed=args.seed, keylog=args.keylog, qlog_dir=args.qlog_dir)
     driver: NetworkDriver
     if backend == "lab":
         from quicmig.lab.driver import LabDriver
@@ -235,13 +238,11 @@ def _run_proxy(args: argparse.Namespace, console: Console) -> int:
     else:
         from quicmig.proxy.driver import ProxyDriver
 
-        driver = ProxyDriver(scenario, args.seed)
+        driver = ProxyDriver(scenario, args.seed, pcap=args.pcap)
     result = asyncio.run(run_live(scenario, driver, options))
+    if args.pcap is not None:
+        result.files["pcap"] = str(args.pcap)
+    _report_one(console, scenario, result, args)
     if args.json is not None:
-        result.files["json"] = str(args.json)
-        _dump([result], args.json, False)
-    if args.quiet:
-        console.print(f"{result.scenario}: {result.verdict.value}")
-    else:
-        print_result(console, result, scenario.expect.why)
+        _dump([result], args.json, args.with_series)
     return 0 if result.verdict.value == "passed" else 1

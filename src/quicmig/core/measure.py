@@ -5,9 +5,9 @@ from __future__ import annotations
 import bisect
 import statistics
 
-from quicmig.core.app import ClientWorkload, DownloadClient, MessagesClient, StreamClient
+from quicmig.core.app import ClientWorkload, Delivery, DownloadClient, MessagesClient, StreamClient
 from quicmig.core.datagram import format_address
-from quicmig.core.results import MigrationResult, NetworkChange, Transfer
+from quicmig.core.results import MigrationResult, NetworkChange, Series, Transfer
 from quicmig.core.tracker import MigrationTracker, ObservedMigration
 
 
@@ -139,3 +139,13 @@ def transfer_result(
                 completed_at=workload.completed_at,
             )
     raise TypeError(f"unknown workload {workload!r}")
+
+
+def series_of(delivery: Delivery, tracker: MigrationTracker) -> Series:
+    """The figure's time series: bytes delivered to the client's application, and the
+    server's smoothed RTT and congestion window as aioquic's recovery reported them."""
+    return Series(
+        delivered=list(zip(delivery.times, delivery.totals, strict=True)),
+        rtt=[(s.at, s.smoothed_rtt) for s in tracker.recovery if s.smoothed_rtt is not None],
+        cwnd=[(s.at, s.cwnd) for s in tracker.recovery if s.cwnd is not None],
+    )

@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from quicmig.core import checks as check_mod
+from quicmig.core.app import Delivery
 from quicmig.core.datagram import Address, format_address
-from quicmig.core.measure import migration_results
-from quicmig.core.results import Check, NetworkChange, Result, Series, Transfer
+from quicmig.core.measure import migration_results, series_of
+from quicmig.core.results import Check, NetworkChange, Result, Transfer
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live import netns
 from quicmig.live.certs import CertPaths, write
@@ -100,6 +101,7 @@ class PlacedDriver(NetworkDriver, Protocol):
 class LiveOptions:
     seed: int = 1
     keylog: Path | None = None  # server-side TLS secrets (SSLKEYLOGFILE)
+    qlog_dir: Path | None = None  # one qlog per server connection, written at the end
 
 
 def expand(scenario: Scenario) -> list[TimelineEvent]:
@@ -128,7 +130,11 @@ async def run_live(scenario: Scenario, driver: NetworkDriver, options: LiveOptio
         try:
             placement = await driver.place() if isinstance(driver, PlacedDriver) else Placement()
             server = LiveServer(
-                certs, [placement.server], secrets_log=options.keylog, log=lambda line: None
+                certs,
+                [placement.server],
+                secrets_log=options.keylog,
+                qlog_dir=options.qlog_dir,
+                log=lambda line: None,
             )
             with netns.sockets_in(placement.server_netns):
                 await server.start()
@@ -164,7 +170,7 @@ async def _run(
     ):
         if value is not None:
             checks.append(Check(f"client-{setting}", None, "the live client does not apply it yet"))
-    deliveries: list[float] = []
+    delivery = Delivery()  # what the client's application received, when
     client = LiveClient(
         target, ca=certs.ca, server_name="localhost", addresses=placement.client_addresses
     )
@@ -190,7 +196,7 @@ async def _run(
                 changes.append(await driver.apply(event, server.now()))
 
         def progress(received: int) -> None:
-            deliveries.append(server.now())
+            delivery.add(server.now(), received - delivery.total)
 
         events = asyncio.ensure_future(timeline())
         download = None
@@ -222,7 +228,7 @@ async def _run(
         completed_at=done_at if download is not None and download.intact else None,
         sha256=download.sha256 if download else None,
     )
-    migrations = migration_results(tracker, changes, deliveries, done_at, run_end)
+    migrations = migration_results(tracker, changes, delivery.times, done_at, run_end)
     challenges = tracker.challenges
     checks = [
         check_mod.transfer_check(transfer),
@@ -255,8 +261,12 @@ async def _run(
         # live backends: "simulated_seconds" is the run's real length (schema kept)
         stats={"simulated_seconds": run_end, **driver.stats()},
         wall={"seconds": wall, "datagrams_per_second": 0.0, "speedup": run_end / wall},
-        series=Series([], [], []),
-        files={"keylog": str(options.keylog)} if options.keylog else {},
+        series=series_of(delivery, tracker),
+        files={
+            kind: str(path)
+            for kind, path in (("keylog", options.keylog), ("qlog", options.qlog_dir))
+            if path is not None
+        },
     )
 
 

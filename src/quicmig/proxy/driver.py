@@ -9,6 +9,7 @@ directions). Unsupported, reported as such: `switch`, `address-change`, `interfa
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from quicmig.core.datagram import Address
@@ -24,13 +25,15 @@ SOURCES = ("127.0.0.1", "127.0.0.2")  # nat-rebind with new_address alternates b
 class ProxyDriver:
     name = "proxy"
 
-    def __init__(self, scenario: Scenario, seed: int) -> None:
+    def __init__(self, scenario: Scenario, seed: int, pcap: Path | None = None) -> None:
+        """`pcap`: the proxy captures both of its legs there (client side and server side)."""
         topology = scenario.topology
         client = topology.clients[0]
         iface = scenario.client.interface or client.interfaces[0].name
         self.link = topology.link_of(client.name, iface)
         self.scenario = scenario
         self.seed = seed
+        self.pcap = pcap
         self.proxy: Proxy | None = None
         self.log: list[str] = []
 
@@ -42,6 +45,7 @@ class ProxyDriver:
             profile_name=self.link.name,
             source_addresses=SOURCES,
             seed=self.seed,
+            pcap=self.pcap,
         )
         self.proxy = Proxy(config, log=self.log.append)
         return await self.proxy.start()

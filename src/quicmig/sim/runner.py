@@ -24,7 +24,7 @@ from quicmig.core.endpoint import (
     client_configuration,
     server_configuration,
 )
-from quicmig.core.measure import migration_results, transfer_result
+from quicmig.core.measure import migration_results, series_of, transfer_result
 from quicmig.core.pcap import PcapWriter
 from quicmig.core.results import (
     Check,
@@ -479,17 +479,7 @@ class Simulation:
             sent += len(tracker.challenges)
             answered += sum(c.answered_at is not None for c in tracker.challenges)
             if index == 0:
-                series = Series(
-                    delivered=list(
-                        zip(workload.delivery.times, workload.delivery.totals, strict=True)
-                    ),
-                    rtt=[
-                        (s.at, s.smoothed_rtt)
-                        for s in tracker.recovery
-                        if s.smoothed_rtt is not None
-                    ],
-                    cwnd=[(s.at, s.cwnd) for s in tracker.recovery if s.cwnd is not None],
-                )
+                series = series_of(workload.delivery, tracker)
         transfer = transfers[0] if len(transfers) == 1 else _combine(transfers)
         checks.append(check_mod.transfer_check(transfer))
         if isinstance(scenario.workload, Stream):
