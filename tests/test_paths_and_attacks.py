@@ -281,3 +281,27 @@ def test_live_bad_preferred_address(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "c.pem").exists()  # rejected before anything was created
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["stock", "probe_old_path"])
+def test_apparent_migration_makes_the_server_challenge_the_old_path(probe: bool) -> None:
+    """RFC 9000 section 9.3.3: after a move to the forwarding attacker's address, the server
+    challenges the previously active path; the real client there answers it."""
+    switch = f"quic.probe_old_path={'true' if probe else 'false'}"
+    sim = Simulation(load_scenario("off-path-forward", [switch]), RunOptions(seed=1))
+    result = sim.run()
+    (conn,) = sim.server.endpoint.connections
+    tracker = conn.tracker
+    (attacker,) = sim.scenario.attackers
+    to_attacker = [m for m in tracker.migrations if m.new_peer == attacker.source]
+    assert to_attacker  # the forwarded copies won the race, as in the stock run
+    client = to_attacker[0].old_peer
+    to_client = [c for c in tracker.challenges if c.peer == client]
+    if not probe:
+        assert to_client == []  # stock aioquic 1.7.2 never challenges the old path
+        return
+    # One challenge to the client's address per apparent migration, sent at that instant...
+    assert [c.sent_at for c in to_client] == [m.detected_at for m in to_attacker]
+    # ...and answered by the live client within a round trip or two of the 20 ms WiFi link.
+    assert all(c.answered_at is not None and c.answered_at - c.sent_at < 0.2 for c in to_client)
+    assert result.verdict.value == "passed"

@@ -21,6 +21,7 @@ import math
 import os
 from typing import ClassVar
 
+from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic import events
 from aioquic.quic.congestion.base import create_congestion_control
@@ -29,12 +30,15 @@ from aioquic.quic.connection import (
     NetworkAddress,
     QuicConnection,
     QuicConnectionId,
+    QuicNetworkPath,
 )
 from aioquic.quic.packet import (
+    QuicPacketType,
     QuicPreferredAddress,
     pull_quic_transport_parameters,
     push_quic_transport_parameters,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketPacer
 
 from quicmig.model.scenario import QuicExtensions, ServerSettings
@@ -90,6 +94,8 @@ class QuicmigConnection(QuicConnection):
         self._qm_recovery_addr: NetworkAddress | None = None
         self._qm_active_addr: NetworkAddress | None = None
         self._qm_path_first_pn = 0
+        # probe_old_path: the previously active path, to challenge on the next send.
+        self._qm_old_path: QuicNetworkPath | None = None
 
     # --- the sans-IO API, wrapped -----------------------------------------------------------
 
@@ -116,7 +122,11 @@ class QuicmigConnection(QuicConnection):
             # and adds a PING); setting it sends the challenge in the first packet on the
             # new path. The anti-amplification limit still applies (max_total_bytes).
             self._probe_pending = True  # aioquic 1.7.2 private, RFC 9002 section 7
-        return super().datagrams_to_send(now)
+        datagrams = super().datagrams_to_send(now)
+        if self._qm_old_path is not None:
+            datagrams += self._qm_challenge_old_path(self._qm_old_path, now)
+            self._qm_old_path = None
+        return datagrams
 
     # --- transport parameters: preferred_address, disable_active_migration ----------------
 
@@ -234,6 +244,16 @@ class QuicmigConnection(QuicConnection):
             # failed validation (section 9.3.2). Nothing has been sent to it since: sending
             # only happens in datagrams_to_send(), so every packet numbered from here on
             # goes to this address.
+            if self.extensions.probe_old_path and not path.is_validated:
+                # An apparent migration: remember the old path to challenge it (9.3.3).
+                self._qm_old_path = next(
+                    (
+                        p
+                        for p in self._network_paths[1:]
+                        if p.addr == self._qm_active_addr and p.is_validated
+                    ),
+                    None,
+                )
             self._qm_active_addr = path.addr
             self._qm_path_first_pn = self._packet_number
         if not path.is_validated:
@@ -248,6 +268,60 @@ class QuicmigConnection(QuicConnection):
         # port number" -- a NAT rebinding keeps its path's congestion state and RTT.
         if self.extensions.reset_recovery and old[0] != path.addr[0]:
             self._qm_reset_recovery(self._qm_path_first_pn)
+
+    def _qm_challenge_old_path(
+        self, path: QuicNetworkPath, now: float
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """One PATH_CHALLENGE to the previously active path (RFC 9000 section 9.3.3).
+
+        "In response to an apparent migration, endpoints MUST validate the previously active
+        path using a PATH_CHALLENGE frame." If the client is still there (the new address
+        was an attacker forwarding copies of its packets), its answer -- PATH_RESPONSE with
+        an ACK, a non-probing packet -- makes the old path active again; if it has really
+        moved, the challenge is lost and costs one small packet. The old path keeps its
+        validated flag: it is the fallback of section 9.3.2 if the new address fails.
+        aioquic 1.7.2's own prober (_send_probing_frames) only challenges unvalidated paths
+        and applies the anti-amplification limit, so the packet is built here.
+        """
+        # aioquic 1.7.2 private: _network_paths, _peer_cid_available, _cryptos, _version,
+        # _packet_number, _max_datagram_size, _quic_logger, _write_path_challenge_frame,
+        # _flush_builder, _spaces, _loss._cc, QuicNetworkPath.peer_cid.
+        if (
+            path not in self._network_paths[1:]
+            or self._state in END_STATES
+            or self._version is None
+        ):
+            return []
+        if path.peer_cid is None:
+            if not self._peer_cid_available:
+                return []  # RFC 9000 section 9.5: no spare connection ID for another path
+            path.peer_cid = self._peer_cid_available.pop(0)
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=False,
+            max_datagram_size=self._max_datagram_size,
+            packet_number=self._packet_number,
+            peer_cid=path.peer_cid.cid,
+            quic_logger=self._quic_logger,
+            version=self._version,
+        )
+        builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[tls.Epoch.ONE_RTT])
+        self._write_path_challenge_frame(builder=builder, network_path=path)
+        first = self._packet_number
+        datagrams = self._flush_builder(
+            builder=builder, network_path=path, peer_cid=path.peer_cid.cid, now=now
+        )
+        # RFC 9000 section 9.4: packets sent on another path must not contribute to the
+        # active path's congestion control. The probe stays tracked (its loss or its answer
+        # still reaches _on_path_challenge_delivery) but leaves bytes in flight, so losing
+        # it on a path that really died is no congestion event for the new one.
+        sent = self._spaces[tls.Epoch.ONE_RTT].sent_packets
+        probes = [sent[n] for n in range(first, self._packet_number) if n in sent]
+        for packet in probes:
+            if packet.in_flight:
+                self._loss._cc.on_packets_expired(packets=[packet])
+                packet.in_flight = False
+        return datagrams
 
     def _qm_reset_recovery(self, first_new_pn: int) -> None:
         """Fresh congestion controller and RTT estimate for the new, just validated path.

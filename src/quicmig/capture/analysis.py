@@ -390,7 +390,12 @@ def capture_checks(connections: list[ConnectionView], active: bool) -> list[Chec
                 "PATH_CHALLENGE",
             )
         )
-    challenges = [ch for c in moved for ch in c.challenges]
+    # A server challenge to an address no path change moved to is a probe of the old path
+    # (RFC 9000 section 9.3.3): after a real move nobody is left there to answer it.
+    new_peers = {s.new_peer for s in switches}
+    challenges = [
+        ch for c in moved for ch in c.challenges if ch.sender != "server" or ch.to in new_peers
+    ]
     unanswered = [ch for ch in challenges if ch.answered_at is None]
     few = len({ch.data for ch in challenges if ch.sender == "server"}) < len(switches)
     detail = f"{len(challenges) - len(unanswered)} of {len(challenges)} PATH_CHALLENGE answered"

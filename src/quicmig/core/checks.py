@@ -82,7 +82,8 @@ def migration_checks(
         Check(
             "challenges-answered",
             challenges_answered == challenges_sent,
-            f"{challenges_answered} of {challenges_sent} PATH_CHALLENGE frames answered",
+            f"{challenges_answered} of {challenges_sent} PATH_CHALLENGE frames on new paths "
+            "answered",
         )
     )
     active = [m for m in migrations if _caused_by_active(m, changes)]

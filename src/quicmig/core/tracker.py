@@ -232,3 +232,10 @@ class MigrationTracker:
     @property
     def challenges(self) -> list[Challenge]:
         return list(self._challenges.values())
+
+    @property
+    def new_path_challenges(self) -> list[Challenge]:
+        """The PATH_CHALLENGEs sent to a migrating peer's new address: those the interop
+        check wants answered. A challenge to the *old* path (RFC 9000 section 9.3.3) is left
+        out: after a real move nobody is there to answer it."""
+        return [challenge for migration in self.migrations for challenge in migration.challenges]

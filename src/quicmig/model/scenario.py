@@ -187,11 +187,17 @@ class QuicExtensions:
     # and refuses active migration (a switch of interface, a failover); a NAT rebinding,
     # which the client does not choose, still happens (stock aioquic 1.7.2 ignores it).
     honour_disable_migration: bool = False
+    # RFC 9000 section 9.3.3: "In response to an apparent migration, endpoints MUST validate
+    # the previously active path using a PATH_CHALLENGE frame": the server challenges the old
+    # path too, so a live client there answers (non-probing) and pulls the connection back
+    # from an address an attacker forwarded its packets from (stock aioquic 1.7.2 does not).
+    probe_old_path: bool = False
 
     NAMES: ClassVar[tuple[str, ...]] = (
         "challenge_first",
         "reset_recovery",
         "honour_disable_migration",
+        "probe_old_path",
     )
 
     @classmethod

@@ -476,8 +476,9 @@ class Simulation:
             )
             rotations += [r.at for r in tracker.cid_rotations]
             paths += [format_address(p) for p in tracker.peers_seen]
-            sent += len(tracker.challenges)
-            answered += sum(c.answered_at is not None for c in tracker.challenges)
+            challenges = tracker.new_path_challenges
+            sent += len(challenges)
+            answered += sum(c.answered_at is not None for c in challenges)
             if index == 0:
                 series = series_of(workload.delivery, tracker)
         transfer = transfers[0] if len(transfers) == 1 else _combine(transfers)
