@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = make_console()
     if args.backend in ("proxy", "lab"):
-        return _run_proxy(args, console)
+        return _run_live(args, console)
     if args.target == "all":
         for flag in ("pcap", "keylog", "plot", "qlog_dir"):
             if getattr(args, flag) is not None:
@@ -206,7 +206,7 @@ def _report_one(
         print_result(console, result, scenario.expect.why)
 
 
-def _run_proxy(args: argparse.Namespace, console: Console) -> int:
+def _run_live(args: argparse.Namespace, console: Console) -> int:
     """One scenario over real UDP through `quicmig proxy`, or through the namespace lab
     (`--backend lab`, quicmig.lab.driver); see quicmig.live.runner."""
     import asyncio
