@@ -12,11 +12,10 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from quicmig.core.results import SCHEMA, Result, write_atomically
 from quicmig.errors import InputError
 from quicmig.model.loader import builtin_names, load_scenario
-from quicmig.model.scenario import Scenario
+from quicmig.model.scenario import STACKS, Scenario
 from quicmig.report.table import make_console, print_result, summary_table
 
 BACKENDS = ("sim", "proxy", "lab")
-STACKS = ("stock", "quicmig")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -82,7 +81,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="with `all`: write each scenario's JSON and figure here",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the verdict line (and the reasons when it is not passed)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -201,7 +205,8 @@ def _report_one(
     if args.json is not None:
         result.files["json"] = str(args.json)
     if args.quiet:
-        console.print(f"{result.scenario}: {result.verdict.value}")
+        why = "".join(f"\n  {reason}" for reason in result.reasons)
+        console.print(f"{result.scenario}: {result.verdict.value}{why}", markup=False)
     else:
         print_result(console, result, scenario.expect.why)
 
@@ -224,6 +229,8 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
             "`quicmig lab run --pcap DIR`, or --backend proxy"
         )
     scenario = load_scenario(args.target, args.overrides)
+    if args.stack is not None:
+        scenario = scenario.with_stack(args.stack)
     _check_outputs(args)
     if args.qlog_dir is not None:
         args.qlog_dir.mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,14 @@ import asyncio
 import ipaddress
 import logging
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 from quicmig.core.datagram import Address, format_address
 from quicmig.errors import InputError
 from quicmig.live.certs import CERT_FILE, KEY_FILE, SAN_IPS, SAN_NAMES, CertPaths, write
 from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT, LiveServer
+from quicmig.model.scenario import STACKS, QuicExtensions
 from quicmig.model.topology import parse_host_port
 
 # aioquic warns on stderr about every connection closed with an error; our log says it.
@@ -70,6 +72,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="send disable_active_migration (RFC 9000 section 18.2): clients must not "
         "migrate actively (NAT rebinding still works)",
+    )
+    parser.add_argument(
+        "--stack",
+        choices=STACKS,
+        default="stock",
+        help="`stock` (default): aioquic 1.7.2 as released; `quicmig`: with quicmig's "
+        "server-side extensions (PATH_CHALLENGE in the first packet on a new path, fresh "
+        "recovery state for a new address, a probe of the old path; src/quicmig/aioquic_ext.py)",
     )
     parser.add_argument("--qlog-dir", type=Path, metavar="DIR", help="write qlogs here on exit")
     parser.add_argument(
@@ -135,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             args.secrets_log,
             preferred=preferred,
             disable_active_migration=args.disable_active_migration,
+            extensions=server_extensions(args.stack),
         )
     )
 
@@ -161,6 +172,14 @@ def parse_preferred(items: list[str], listen: list[Address]) -> list[Address]:
     return preferred
 
 
+def server_extensions(stack: str) -> QuicExtensions:
+    """`--stack`: every extension that acts on the server (honour_disable_migration is the
+    client's)."""
+    if stack == "stock":
+        return QuicExtensions()
+    return replace(QuicExtensions.all_on(), honour_disable_migration=False)
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
 
@@ -173,6 +192,7 @@ async def serve(
     *,
     preferred: list[Address] | None = None,
     disable_active_migration: bool = False,
+    extensions: QuicExtensions | None = None,
 ) -> int:
     """Run until SIGINT (Ctrl-C) or SIGTERM (docker stop), then shut down cleanly."""
     loop = asyncio.get_running_loop()
@@ -192,6 +212,7 @@ async def serve(
         log=_log,
         preferred_addresses=preferred or (),
         disable_active_migration=disable_active_migration,
+        extensions=extensions,
     )
     try:
         addresses = await server.start()
@@ -199,6 +220,8 @@ async def serve(
             _log(f"🚀 Starting QUIC server on {format_address(address)}")
         for address in server.preferred:
             _log(f"🏠 Preferred address {format_address(address)} (RFC 9000 section 9.6)")
+        if server.extensions.enabled:
+            _log(f"🧩 quicmig extensions on: {', '.join(server.extensions.enabled)}")
         if disable_active_migration:
             _log("🚫 disable_active_migration sent: clients must not migrate actively")
         _log("📋 Server supports connection migration")

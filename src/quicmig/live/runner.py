@@ -135,6 +135,8 @@ async def run_live(scenario: Scenario, driver: NetworkDriver, options: LiveOptio
                 secrets_log=options.keylog,
                 qlog_dir=options.qlog_dir,
                 log=lambda line: None,
+                disable_active_migration=scenario.server.disable_active_migration,
+                extensions=scenario.quic,
             )
             with netns.sockets_in(placement.server_netns):
                 await server.start()
@@ -164,19 +166,25 @@ async def _run(
     size = scenario.workload.size
     changes: list[NetworkChange] = []
     checks: list[Check] = []
-    for setting, value in (
-        ("keepalive_s", scenario.client.keepalive if placement.client_keepalive is None else None),
-        ("failover_after_s", scenario.client.failover_after),
+    for setting, missing in (
+        ("client-failover_after_s", scenario.client.failover_after is not None),
+        ("server-preferred_address", scenario.server.preferred_address is not None),
+        ("attackers", bool(scenario.attackers)),
     ):
-        if value is not None:
-            checks.append(Check(f"client-{setting}", None, "the live client does not apply it yet"))
+        if missing:
+            checks.append(Check(setting, None, f"the {driver.name} backend does not apply it yet"))
     delivery = Delivery()  # what the client's application received, when
     client = LiveClient(
-        target, ca=certs.ca, server_name="localhost", addresses=placement.client_addresses
+        target,
+        ca=certs.ca,
+        server_name="localhost",
+        addresses=placement.client_addresses,
+        honour_disable_migration=scenario.quic.honour_disable_migration,
     )
     async with client:
-        if placement.client_keepalive is not None and client.endpoint is not None:
-            client.endpoint.keepalive = scenario.client.keepalive or placement.client_keepalive
+        keepalive = scenario.client.keepalive or placement.client_keepalive
+        if keepalive is not None and client.endpoint is not None:
+            client.endpoint.keepalive = keepalive
         started = server.now()
 
         async def timeline() -> None:

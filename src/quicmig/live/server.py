@@ -132,14 +132,17 @@ class LiveServer:
         log: Log = print,
         preferred_addresses: Sequence[Address] = (),
         disable_active_migration: bool = False,
+        extensions: QuicExtensions | None = None,
     ) -> None:
         """`preferred_addresses`: at most one per address family, each advertised by the
         first listen address of its family (RFC 9000 section 9.6); port 0 binds any port.
-        `disable_active_migration`: send that transport parameter (section 18.2)."""
+        `disable_active_migration`: send that transport parameter (section 18.2).
+        `extensions`: quicmig's server-side changes to aioquic (all off: stock aioquic)."""
         if not listen:
             raise ValueError("listen on at least one address")
         self.preferred_addresses = list(preferred_addresses)
         self.disable_active_migration = disable_active_migration
+        self.extensions = extensions or QuicExtensions()
         self.certs = certs
         self.listen = list(listen)
         self.qlog_dir = qlog_dir
@@ -207,7 +210,7 @@ class LiveServer:
                     preferred = await listener.open_preferred(wanted[0])
                 # aioquic 1.7.2's server sends neither parameter: quicmig's connection does.
                 listener.endpoint.connection_class = connection_class(
-                    QuicExtensions(),
+                    self.extensions,
                     ServerSettings(preferred, self.disable_active_migration),
                 )
         except BaseException:

@@ -167,6 +167,9 @@ class Attacker:
     delay: float = 0.001  # seconds from the original leaving to the copy reaching the core
 
 
+STACKS = ("stock", "quicmig")  # `--stack`: aioquic as released, or every extension on
+
+
 @dataclass(frozen=True, slots=True)
 class QuicExtensions:
     """quicmig's extensions to aioquic 1.7.2 (src/quicmig/aioquic_ext.py), each a switch.
@@ -249,7 +252,7 @@ class Scenario:
         if stack == "stock":
             return replace(self, quic=QuicExtensions())
         if stack != "quicmig":
-            raise InputError(f"--stack {stack!r}: allowed: stock, quicmig")
+            raise InputError(f"--stack {stack!r}: allowed: {', '.join(STACKS)}")
         expect = self.expect
         if expect.quicmig_verdict is not None:
             expect = replace(
