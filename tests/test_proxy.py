@@ -34,6 +34,7 @@ from quicmig.live.certs import CertPaths
 from quicmig.live.client import LiveClient
 from quicmig.live.server import LiveServer
 from quicmig.live.udp import UdpSocket, open_socket
+from quicmig.model.scenario import QuicExtensions
 from quicmig.model.topology import LinkProfile
 from quicmig.proxy.control import ControlServer, send_request
 from quicmig.proxy.core import Proxy, ProxyConfig
@@ -220,8 +221,15 @@ def test_each_rebinding_is_seen_and_validated_by_the_live_server(
 
     async def scenario() -> tuple[bool, list[Any], list[dict[str, Any]], list[str]]:
         server_log: list[str] = []
+        # challenge_first: stock aioquic 1.7.2 puts PATH_CHALLENGE in its first packet on the
+        # new path only when the congestion window has room at that instant, a race over real
+        # sockets (seen in 4 of 244 loaded runs); the capture check below must not depend on it.
         async with LiveServer(
-            certs, [(LOOPBACK, 0)], secrets_log=keys, log=server_log.append
+            certs,
+            [(LOOPBACK, 0)],
+            secrets_log=keys,
+            log=server_log.append,
+            extensions=QuicExtensions(challenge_first=True),
         ) as server:
             sources = (LOOPBACK, "127.0.0.2") if with_addr else (LOOPBACK,)
             config = ProxyConfig(
@@ -344,12 +352,17 @@ def test_stock_aioquic_client_and_server_through_the_proxy(
     if shutil.which("tshark") is None:
         pytest.skip("tshark is not installed: the capture check is skipped")
     out = tmp_path / "check.json"
-    assert main(["check", str(pcap), "--keylog", str(keys), "--json", str(out), "-q"]) == 0
+    code = main(["check", str(pcap), "--keylog", str(keys), "--json", str(out), "-q"])
     report = json.loads(out.read_text())
     (leg,) = [c for c in report["connections"] if c["migrations"]]
     assert [m["new_peer"] for m in leg["migrations"]] == [e.new for e in events]
-    assert all(m["first_packet_had_challenge"] for m in leg["migrations"])
     assert all(m["validated_at"] is not None for m in leg["migrations"])
+    # Stock aioquic 1.7.2 carries PATH_CHALLENGE in its first packet on a new path only when
+    # the congestion window has room at that instant: over real sockets a race it sometimes
+    # loses (README, "What stock aioquic does not do"). Every other check must pass.
+    failed = {c["name"] for c in report["checks"] if c["passed"] is not True}
+    assert failed <= {"first-packet-challenge"}
+    assert code == (1 if failed else 0)
 
 
 def test_upstream_that_does_not_answer_fails_fast() -> None:

@@ -20,9 +20,11 @@ def test_nat_rebinding_through_the_proxy_gives_the_simulators_schema(
     sim_json, proxy_json = tmp_path / "sim.json", tmp_path / "proxy.json"
     small = ["--set", "workload.bytes=2000000", "-q"]
     assert main(["run", "nat-rebinding", *small, "--json", str(sim_json)]) == 0
-    assert (
-        main(["run", "nat-rebinding", "--backend", "proxy", *small, "--json", str(proxy_json)]) == 0
-    )
+    # --stack quicmig: without challenge_first, stock aioquic's PATH_CHALLENGE makes the first
+    # packet on the new path only if the congestion window has room then, a race over real
+    # sockets (seen in 4 of 244 loaded runs) that would decide this verdict.
+    argv = ["run", "nat-rebinding", "--backend", "proxy", "--stack", "quicmig", *small]
+    assert main([*argv, "--json", str(proxy_json)]) == 0
     capsys.readouterr()
     sim, live = json.loads(sim_json.read_text()), json.loads(proxy_json.read_text())
     assert set(live) == set(sim)
@@ -56,6 +58,7 @@ def test_proxy_run_writes_capture_qlog_and_figure_from_what_was_observed(
 ) -> None:
     out, pcap, keys = tmp_path / "r.json", tmp_path / "p.pcap", tmp_path / "p.keys"
     argv = ["run", "nat-rebinding", "--backend", "proxy", "--set", "workload.bytes=1000000"]
+    argv += ["--stack", "quicmig"]  # the capture check must not hang on stock's race (above)
     argv += ["--json", str(out), "--with-series", "--pcap", str(pcap), "--keylog", str(keys)]
     argv += ["--qlog-dir", str(tmp_path / "qlog"), "--plot", str(tmp_path / "f.png"), "-q"]
     assert main(argv) == 0

@@ -78,12 +78,16 @@ def migration_checks(
             + ", ".join(f"{m.new_peer} (t={m.detected_at:.3f}s)" for m in without),
         )
     )
+    # As quic-interop-runner's rebind checks: the challenges of those first packets must
+    # be answered; one the network lost and the server sent again is "paths-validated"'s.
     checks.append(
         Check(
             "challenges-answered",
             challenges_answered == challenges_sent,
-            f"{challenges_answered} of {challenges_sent} PATH_CHALLENGE frames on new paths "
-            "answered",
+            f"{challenges_answered} of {challenges_sent} PATH_CHALLENGE frames in the server's "
+            "first packet on a new path answered"
+            if challenges_sent
+            else "no first packet on a new path carried PATH_CHALLENGE: nothing to answer",
         )
     )
     active = [m for m in migrations if _caused_by_active(m, changes)]

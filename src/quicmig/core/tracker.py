@@ -234,8 +234,14 @@ class MigrationTracker:
         return list(self._challenges.values())
 
     @property
-    def new_path_challenges(self) -> list[Challenge]:
-        """The PATH_CHALLENGEs sent to a migrating peer's new address: those the interop
-        check wants answered. A challenge to the *old* path (RFC 9000 section 9.3.3) is left
-        out: after a real move nobody is there to answer it."""
-        return [challenge for migration in self.migrations for challenge in migration.challenges]
+    def first_packet_challenges(self) -> list[Challenge]:
+        """The PATH_CHALLENGEs carried by the server's first packet on each new path: those
+        quic-interop-runner's rebind checks want answered. A challenge sent again after a
+        loss, and a probe of the old path (RFC 9000 section 9.3.3), are left out: the network
+        may lose the one, and after a real move nobody is left to answer the other."""
+        return [
+            challenge
+            for migration in self.migrations
+            for challenge in migration.challenges
+            if challenge.in_first_packet
+        ]

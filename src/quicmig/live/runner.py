@@ -237,7 +237,7 @@ async def _run(
         sha256=download.sha256 if download else None,
     )
     migrations = migration_results(tracker, changes, delivery.times, done_at, run_end)
-    challenges = tracker.new_path_challenges
+    challenges = tracker.first_packet_challenges
     checks = [
         check_mod.transfer_check(transfer),
         *check_mod.migration_checks(

@@ -476,7 +476,7 @@ class Simulation:
             )
             rotations += [r.at for r in tracker.cid_rotations]
             paths += [format_address(p) for p in tracker.peers_seen]
-            challenges = tracker.new_path_challenges
+            challenges = tracker.first_packet_challenges
             sent += len(challenges)
             answered += sum(c.answered_at is not None for c in challenges)
             if index == 0:
