@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ needs_lab = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or ""
 BOUNDED = ["--set", "duration_s=15"]  # every wait of the run ends by then
 
 
-def _run(tmp_path: Path, scenario: str, *settings: str) -> tuple[int, dict[str, Any]]:
+def _run(
+    tmp_path: Path, scenario: str, *settings: str, extra: tuple[str, ...] = ()
+) -> tuple[int, dict[str, Any]]:
     out = tmp_path / f"{scenario}.json"
     overrides = [arg for setting in settings for arg in ("--set", setting)]
     argv = ["run", scenario, "--backend", "lab", *BOUNDED, *overrides, "--json", str(out), "-q"]
-    code = main(argv)
+    code = main([*argv, *extra])
     data: dict[str, Any] = json.loads(out.read_text())
     return code, data
 
@@ -46,10 +49,15 @@ def _nothing_left(result: dict[str, Any]) -> None:
 
 @needs_lab
 def test_nat_rebinding_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pcap, keys = tmp_path / "lab.pcap", tmp_path / "lab.keys"
     # quic.challenge_first: stock aioquic's first packet on the new path carries PATH_CHALLENGE
     # only if the congestion window has room at that instant, a race over real sockets.
     code, result = _run(
-        tmp_path, "nat-rebinding", "workload.bytes=3000000", "quic.challenge_first=true"
+        tmp_path,
+        "nat-rebinding",
+        "workload.bytes=3000000",
+        "quic.challenge_first=true",
+        extra=("--pcap", str(pcap), "--keylog", str(keys)),
     )
     capsys.readouterr()
     sim_out = tmp_path / "sim.json"
@@ -75,6 +83,15 @@ def test_nat_rebinding_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert 0 <= mig["detection_delay"] < 1.0
     assert result["paths_seen"] == [mig["old_peer"], mig["new_peer"]]
     _nothing_left(result)
+    # --pcap: the router's server-side interface, which `quicmig check` reads as the server saw it.
+    if shutil.which("tshark") is not None:
+        report_path = tmp_path / "check.json"
+        assert main(["check", str(pcap), "--keylog", str(keys), "--json", str(report_path)]) == 0
+        capsys.readouterr()
+        (conn,) = json.loads(report_path.read_text())["connections"]
+        (switch,) = conn["migrations"]
+        assert (switch["old_peer"], switch["new_peer"]) == (mig["old_peer"], mig["new_peer"])
+        assert switch["first_packet_had_challenge"] and switch["validated_at"] is not None
 
 
 @needs_lab

@@ -64,7 +64,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--qlog-dir", type=Path, metavar="DIR", help="write one qlog per connection (virtual time)"
     )
     parser.add_argument(
-        "--pcap", type=Path, metavar="FILE", help="capture the server side of the NAT"
+        "--pcap",
+        type=Path,
+        metavar="FILE",
+        help="capture the server side of the NAT (lab: the router's server-side interface; "
+        "proxy: both of its legs); `quicmig check FILE --keylog KEYS` judges it",
     )
     parser.add_argument(
         "--keylog",
@@ -223,11 +227,6 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"--backend {backend} runs one scenario at a time; name it")
     if args.out is not None:
         raise InputError("--out DIR goes with `all`; for one run use --json/--plot/--pcap")
-    if args.pcap is not None and backend == "lab":
-        raise InputError(
-            "--pcap with --backend lab: the lab captures its router's three interfaces; use "
-            "`quicmig lab run --pcap DIR`, or --backend proxy"
-        )
     scenario = load_scenario(args.target, args.overrides)
     if args.stack is not None:
         scenario = scenario.with_stack(args.stack)
@@ -241,7 +240,7 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
         from quicmig.lab.system import require
 
         require()  # root and the tools, before anything is created
-        driver = LabDriver(scenario, args.seed)
+        driver = LabDriver(scenario, args.seed, pcap=args.pcap)
     else:
         from quicmig.proxy.driver import ProxyDriver
 

@@ -89,7 +89,10 @@ class LabDriver:
         *,
         capabilities: Capabilities | None = None,
         prefix: str | None = None,
+        pcap: Path | None = None,
     ) -> None:
+        """`pcap`: capture the router's server-side interface there: what the server sent and
+        received, after the NAT (the trace quic-interop-runner's checks read)."""
         topology = scenario.topology
         self.client_host = topology.clients[0]
         self.start_iface = scenario.client.interface or self.client_host.interfaces[0].name
@@ -97,6 +100,7 @@ class LabDriver:
         self.seed = seed
         self.prefix = prefix or new_prefix()
         self.capabilities = capabilities
+        self.pcap = pcap
         self.net: LabNetwork | None = None
         self.not_emulated: list[str] = []
         self.moves: list[NetworkMove] = []
@@ -125,6 +129,8 @@ class LabDriver:
                 "the lab's client has `wifi` and `cellular` only"
             )
         caps = self.capabilities or detect(f"{self.prefix}-probe")
+        if self.pcap is not None and not caps.dumpcap:
+            raise QuicmigError("--pcap needs dumpcap (package tshark): apt-get install -y tshark")
         profile = self._profile(start.name)
         assert profile is not None
         shaping = self._shaping(profile)
@@ -136,6 +142,8 @@ class LabDriver:
         workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="qm-lab-")))
         net = self._stack.enter_context(LabNetwork(self.prefix, shaping, caps, workdir))
         self.net = net
+        if self.pcap is not None:
+            await asyncio.to_thread(net.start_capture, net.router_server_if, self.pcap.resolve())
         # Each interface at its own link's rate (LabNetwork shapes both like the first).
         if not (caps.netem and (shaping.delay_ms > 0 or shaping.loss_pct > 0)):
             for interface in INTERFACES:

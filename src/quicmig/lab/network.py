@@ -383,30 +383,31 @@ class LabNetwork:
     def start_captures(self, directory: Path) -> list[Path]:
         """dumpcap on the router's three interfaces, one pcap file each; waits until capturing."""
         directory.mkdir(parents=True, exist_ok=True)
-        targets = [
-            (self.router_if(WIFI), directory / "router-wifi.pcap"),
-            (self.router_if(CELLULAR), directory / "router-cellular.pcap"),
-            (self.router_server_if, directory / "router-server.pcap"),
-        ]
-        for interface, path in targets:
-            path.unlink(missing_ok=True)
-            process = Process(
-                "dumpcap",
-                in_ns(self.router_ns, "dumpcap", "-q", "-P", "-i", interface, "-w", str(path)),
-                self.workdir,
-                stdin=False,
-            )
-            self.processes.insert(0, process)  # stopped last: it sees the whole run
-            _wait_for(
-                lambda p=process: (
-                    any("Capturing on" in line for line in p.stderr) or p.popen.poll() is not None
-                ),  # type: ignore[misc]
-                CAPTURE_START_TIMEOUT,
-            )
-            if process.popen.poll() is not None:
-                raise QuicmigError(f"dumpcap could not capture on {interface}: {process.tail()}")
-            self.captures.append(path)
+        self.start_capture(self.router_if(WIFI), directory / "router-wifi.pcap")
+        self.start_capture(self.router_if(CELLULAR), directory / "router-cellular.pcap")
+        self.start_capture(self.router_server_if, directory / "router-server.pcap")
         return self.captures
+
+    def start_capture(self, interface: str, path: Path) -> None:
+        """dumpcap on one of the router's interfaces into `path` (pcap); waits until capturing."""
+        path.unlink(missing_ok=True)
+        process = Process(
+            "dumpcap",
+            in_ns(self.router_ns, "dumpcap", "-q", "-P", "-i", interface, "-w", str(path)),
+            self.workdir,
+            stdin=False,
+        )
+        self.processes.insert(0, process)  # stopped last: it sees the whole run
+        _wait_for(
+            lambda: (
+                any("Capturing on" in line for line in process.stderr)
+                or process.popen.poll() is not None
+            ),
+            CAPTURE_START_TIMEOUT,
+        )
+        if process.popen.poll() is not None:
+            raise QuicmigError(f"dumpcap could not capture on {interface}: {process.tail()}")
+        self.captures.append(path)
 
     # --- migrations --------------------------------------------------------------------------
 

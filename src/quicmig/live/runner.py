@@ -267,7 +267,11 @@ async def _run(
         network_changes=changes,
         paths_seen=[format_address(p) for p in tracker.peers_seen],
         # live backends: "simulated_seconds" is the run's real length (schema kept)
-        stats={"simulated_seconds": run_end, **driver.stats()},
+        stats={
+            "simulated_seconds": run_end,
+            "quic_extensions": list(scenario.quic.enabled),  # empty: stock aioquic
+            **driver.stats(),
+        },
         wall={"seconds": wall, "datagrams_per_second": 0.0, "speedup": run_end / wall},
         series=series_of(delivery, tracker),
         files={
