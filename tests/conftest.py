@@ -4,6 +4,9 @@ certificates, a time-bounded runner for coroutines, loss-run lengths."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import sys
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,6 +31,50 @@ def run_bounded(coro: Awaitable[T], limit: float = LIVE_LIMIT) -> T:
         return await asyncio.wait_for(coro, limit)
 
     return asyncio.run(bounded())
+
+
+STARTUP = 15.0  # seconds for a `python -m quicmig` program to say it is up
+
+
+async def start_quicmig(
+    args: list[str], ready: re.Pattern[str]
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start `python -m quicmig ARGS`; return it and the first stdout line matching `ready`."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "quicmig",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    seen: list[str] = []
+
+    async def wait() -> str:
+        assert process.stdout is not None
+        while line := (await process.stdout.readline()).decode():
+            seen.append(line.rstrip())
+            if ready.search(line):
+                return line
+        raise AssertionError(f"quicmig {args[0]} exited: {' | '.join(seen[-5:])}")
+
+    try:
+        return process, await asyncio.wait_for(wait(), STARTUP)
+    except BaseException:
+        await stop_process(process)
+        raise
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 def loss_runs(lost: Sequence[bool]) -> list[int]:

@@ -18,7 +18,6 @@ import hashlib
 import json
 import re
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,13 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
+from conftest import start_quicmig, stop_process
 
 from quicmig.cli import main
 from quicmig.core.app import content
 
 SIZE = 6_000_000  # bytes of /bytes/N
 BYTES_SEED = 0  # the server's /bytes/N is content(N, 0) (quicmig.live.server)
-STARTUP = 15.0  # seconds for each program to say it is up
 TEST_TIMEOUT = 40.0  # seconds for the whole exchange
 REBIND_LINE = re.compile(r"rebind 1: client \S+ now reaches \S+ from (\S+) \(was (\S+)\)")
 
@@ -96,47 +95,8 @@ class H3Client(QuicConnectionProtocol):
         return response
 
 
-async def _start(args: list[str], ready: re.Pattern[str]) -> tuple[asyncio.subprocess.Process, str]:
-    """Start `python -m quicmig ARGS`; return it and the first stdout line matching `ready`."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "quicmig",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    seen: list[str] = []
-
-    async def wait() -> str:
-        assert process.stdout is not None
-        while line := (await process.stdout.readline()).decode():
-            seen.append(line.rstrip())
-            if ready.search(line):
-                return line
-        raise AssertionError(f"quicmig {args[0]} exited: {' | '.join(seen[-5:])}")
-
-    try:
-        return process, await asyncio.wait_for(wait(), STARTUP)
-    except BaseException:
-        await _stop(process)
-        raise
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 5)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
 async def _exchange(folder: Path) -> dict[str, Any]:
-    server, line = await _start(
+    server, line = await start_quicmig(
         ["server", "--host", "127.0.0.1", "--port", "0", "--cert", str(folder / "cert.pem"),
          "--key", str(folder / "key.pem")],
         re.compile(r"Starting QUIC server on 127\.0\.0\.1:\d+"),
@@ -144,9 +104,13 @@ async def _exchange(folder: Path) -> dict[str, Any]:
     processes = [server]
     try:
         server_port = int(re.findall(r"127\.0\.0\.1:(\d+)", line)[0])
-        proxy, line = await _start(
+        proxy, line = await start_quicmig(
+            # --delay-ms: with none, a rebinding can fall when nothing is in flight through the
+            # proxy; the server's next packets go to the closed mapping and the client, which
+            # only receives, says nothing (nat-rebinding-idle). Packets in the proxy's pipes
+            # cross the rebinding, and the client's ACKs for them carry the new port.
             ["proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{server_port}",
-             "--control", "off", "--duration", str(TEST_TIMEOUT)],
+             "--delay-ms", "5", "--control", "off", "--duration", str(TEST_TIMEOUT)],
             re.compile(r"quicmig proxy: 127\.0\.0\.1:\d+ →"),
         )  # fmt: skip
         processes.append(proxy)
@@ -198,7 +162,7 @@ async def _exchange(folder: Path) -> dict[str, Any]:
         }
     finally:
         for process in reversed(processes):
-            await _stop(process)
+            await stop_process(process)
 
 
 def test_aioquic_h3_client_gets_bytes_across_a_proxy_rebinding(

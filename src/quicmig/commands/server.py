@@ -27,9 +27,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run a QUIC server on real UDP sockets. It serves the quicmig message "
         "protocol (ALPN quicmig, used by `quicmig client`) and HTTP/3 (ALPN h3: / is a status "
         "page, /migrations the migration records of every connection as JSON, /bytes/N N "
-        "bytes), and logs every migration it observes: old -> new client address, port or "
-        "address change, the PATH_CHALLENGE/PATH_RESPONSE round trip. Creates cert.pem, "
-        "key.pem and ca.pem on first start when there are none. Stop it with Ctrl-C.",
+        "bytes, /fetch/N a page that downloads /bytes/N in the browser and checks it), and "
+        "logs every migration it observes: old -> new client address, port or address "
+        "change, the PATH_CHALLENGE/PATH_RESPONSE round trip. Creates cert.pem, key.pem and "
+        "ca.pem on first start when there are none. Stop it with Ctrl-C.",
         epilog="examples:\n"
         "  quicmig server\n"
         "  quicmig server --port 4434\n"
@@ -228,7 +229,7 @@ async def serve(
         first = format_address(addresses[0])
         shown = first.replace("127.0.0.1", "localhost")
         _log(f"   ALPN quicmig: the message protocol of `quicmig client --port {addresses[0][1]}`")
-        _log(f"   ALPN h3: HTTP/3 at https://{shown}/ , /migrations (JSON), /bytes/N")
+        _log(f"   ALPN h3: HTTP/3 at https://{shown}/ , /migrations (JSON), /bytes/N, /fetch/N")
         _log(f"   certificate {paths.cert}, clients verify it against {paths.ca}")
         _log("   Press Ctrl-C to stop.")
         await stop.wait()

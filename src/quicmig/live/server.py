@@ -7,12 +7,14 @@ connection's `MigrationTracker` therefore sees what the kernel delivered: a migr
 when authenticated non-probing packets arrive from a new source address or port.
 
 Applications by ALPN: "quicmig" (the message protocol of `core.app`, plus `MIGRATIONS`, which
-returns this connection's records as JSON) and "h3" (HTTP/3: `/`, `/migrations`, `/bytes/N`).
+returns this connection's records as JSON) and "h3" (HTTP/3: `/`, `/migrations`, `/bytes/N`,
+`/fetch/N`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import ipaddress
 import json
@@ -370,7 +372,7 @@ def _count(count: int, noun: str, plural: str = "s") -> str:
 
 
 class H3App(ServerApp):
-    """HTTP/3 on one server connection: `/`, `/migrations`, `/bytes/N` (GET only)."""
+    """HTTP/3 on one server connection: `/`, `/migrations`, `/bytes/N`, `/fetch/N` (GET only)."""
 
     def __init__(self, server_conn: ServerConnection, server: LiveServer) -> None:
         super().__init__(server_conn.conn)
@@ -400,8 +402,11 @@ class H3App(ServerApp):
             status, kind, body = 200, "application/json", json.dumps(records, indent=2).encode()
         elif path.startswith("/bytes/"):
             status, kind, body = self._bytes(path.removeprefix("/bytes/"))
+        elif path.startswith("/fetch/"):
+            status, kind, body = _fetch_page(path.removeprefix("/fetch/"))
         else:
-            status, kind, body = 404, "text/plain", b"not found: try /, /migrations, /bytes/N\n"
+            status, kind = 404, "text/plain"
+            body = b"not found: try /, /migrations, /bytes/N, /fetch/N\n"
         self._h3.send_headers(
             event.stream_id,
             [
@@ -445,7 +450,58 @@ Connection migration is supported: move your client and watch <a href="/migratio
 <th>state</th></tr>
 {"".join(rows)}
 </table>
-<p><a href="/migrations">/migrations</a> (JSON) · <a href="/bytes/1000000">/bytes/1000000</a></p>
+<p><a href="/migrations">/migrations</a> (JSON) · <a href="/bytes/1000000">/bytes/1000000</a>
+· <a href="/fetch/10000000">/fetch/10000000</a> (your browser downloads 10 MB and checks it)</p>
 </body></html>
 """
         return page.encode()
+
+
+# The page of `/fetch/N`: its script downloads /bytes/N with fetch(), hashes the body with
+# WebCrypto, then fetches /migrations, and writes all of it as JSON into <pre id="result">. The
+# promise `window.quicmigFetch` resolves to the same object (for the DevTools protocol).
+_FETCH_SCRIPT = """
+window.quicmigFetch = (async () => {
+  const url = "/bytes/" + COUNT;
+  const out = {url: url, expected_sha256: EXPECTED, status: null, bytes: null, sha256: null,
+               ms: null, protocol: null, migrations: null, error: null};
+  try {
+    const t0 = performance.now();
+    const response = await fetch(url, {cache: "no-store"});
+    const body = await response.arrayBuffer();
+    out.ms = performance.now() - t0;
+    out.status = response.status;
+    out.bytes = body.byteLength;
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", body));
+    out.sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+    const entry = performance.getEntriesByName(new URL(url, location.href).href).pop();
+    out.protocol = entry ? entry.nextHopProtocol : null;
+    out.migrations = await (await fetch("/migrations", {cache: "no-store"})).json();
+  } catch (error) {
+    out.error = String(error);
+  }
+  document.getElementById("verdict").textContent = out.error ? "error: " + out.error
+    : out.sha256 === out.expected_sha256 ? "body intact (SHA-256 matches)" : "BODY DIFFERS";
+  document.getElementById("result").textContent = JSON.stringify(out);
+  return out;
+})();
+"""
+
+
+def _fetch_page(count: str) -> tuple[int, str, bytes]:
+    """`/fetch/N`: an HTML page whose script GETs /bytes/N, then /migrations (see above)."""
+    if not count.isdigit() or int(count) > MAX_BYTES:
+        return 400, "text/plain", f"/fetch/N needs 0 <= N <= {MAX_BYTES}\n".encode()
+    size = int(count)
+    expected = hashlib.sha256(content(size, BYTES_SEED)).hexdigest()
+    script = _FETCH_SCRIPT.replace("COUNT", str(size)).replace("EXPECTED", json.dumps(expected))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>quicmig: fetching {size} bytes</title></head>
+<body>
+<h1>quicmig: this browser downloads /bytes/{size}</h1>
+<p id="verdict">fetching…</p>
+<pre id="result"></pre>
+<script>{script}</script>
+</body></html>
+"""
+    return 200, "text/html; charset=utf-8", page.encode()

@@ -1,0 +1,416 @@
+"""A real browser, Chromium, speaks HTTP/3 to `quicmig server` across a NAT rebinding.
+
+Three programs: `quicmig server`, `quicmig proxy` in front of it, and headless Chromium
+(Debian's `chromium` package) forced onto QUIC for the proxy's origin. Chromium opens the
+server's `/fetch/N` page, whose script downloads `/bytes/N` with fetch(), hashes the body with
+WebCrypto and then fetches `/migrations`. The test drives Chromium over the DevTools protocol on
+`--remote-debugging-pipe` (NUL-terminated JSON on file descriptors 3 and 4, so no websocket
+library) and watches the download's progress in Chromium's own network events: a third of the
+way through the body the proxy is told to rebind (SIGUSR1). The rest of the body then reaches
+the browser through the proxy's new source port, and `/migrations`, fetched by the browser on
+the same connection, must show the server's view: ALPN h3 and a validated port change from the
+proxy's old source port to its new one. The body's SHA-256, computed in the browser, must be
+the server's content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import QuicEvent
+from conftest import STARTUP, run_bounded, start_quicmig, stop_process
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from quicmig.core.app import content
+from quicmig.live.certs import CertPaths
+from quicmig.live.server import BYTES_SEED, MAX_BYTES, LiveServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = os.access(CHROMIUM, os.X_OK)
+SIZE = 10_000_000  # bytes of /bytes/N
+# The proxy's one-way delay. With none, a rebinding can fall when nothing is in flight through
+# the proxy: the server's next packets go to the closed old mapping, and Chromium, which only
+# receives, says nothing for about 15 s. With a delay, packets in the proxy's pipes cross the
+# rebinding and carry the new mapping to the server at once.
+DELAY_MS = 10
+TEST_TIMEOUT = 30.0  # seconds for the whole exchange
+REBIND_LINE = re.compile(r"rebind 1: client \S+ now reaches \S+ from (\S+) \(was (\S+)\)")
+
+# Runs in the child before Chromium: --remote-debugging-pipe reads the DevTools protocol from
+# file descriptor 3 and writes to 4, so move the two pipe ends there, then become Chromium.
+_EXEC_WITH_PIPE = """
+import fcntl, os, sys
+ends = [fcntl.fcntl(int(fd), fcntl.F_DUPFD_CLOEXEC, 10) for fd in sys.argv[1:3]]
+for fd in sys.argv[1:3]:
+    os.close(int(fd))
+os.dup2(ends[0], 3)
+os.dup2(ends[1], 4)
+for fd in ends:
+    os.close(fd)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def chromium_flags(origin: str, spki: str, profile: Path) -> list[str]:
+    """Headless Chromium (also as root) on QUIC for `origin`, trusting the server's key."""
+    return [
+        "--headless",
+        "--no-sandbox",  # as root Chromium refuses to start without it
+        f"--user-data-dir={profile}",  # a fresh profile: no cached session or broken-QUIC mark
+        f"--origin-to-force-quic-on={origin}",  # QUIC at once, no Alt-Svc over TCP first
+        f"--ignore-certificate-errors-spki-list={spki}",  # the server's key, not a CA import
+        # Chromium's own port migration: when the path looks degraded it probes a new local
+        # port and may move there. Off, so that the proxy's rebinding is the only path change.
+        "--force-fieldtrials=QUIC/Lab",
+        "--force-fieldtrial-params=QUIC.Lab:allow_port_migration/false",
+        # quiet: no GPU process, no calls to Google's servers (there is no network here)
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--remote-debugging-pipe",
+        "about:blank",
+    ]
+
+
+def spki_hash(cert: Path) -> str:
+    """base64 SHA-256 of the certificate's SubjectPublicKeyInfo, as Chromium's SPKI list wants."""
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+class DevTools:
+    """The DevTools protocol over Chromium's --remote-debugging-pipe."""
+
+    def __init__(self, reader: asyncio.StreamReader, write_fd: int) -> None:
+        self._reader = reader
+        self._write_fd = write_fd
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.on_event: Callable[[str, dict[str, Any]], None] = lambda method, params: None
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = json.loads((await self._reader.readuntil(b"\0"))[:-1])
+                if "id" not in message:
+                    self.on_event(message.get("method", ""), message.get("params", {}))
+                    continue
+                future = self._pending.pop(message["id"], None)
+                if future is None or future.done():
+                    continue
+                if "error" in message:
+                    future.set_exception(AssertionError(f"DevTools: {message['error']}"))
+                else:
+                    future.set_result(message.get("result", {}))
+        except asyncio.IncompleteReadError:
+            pass  # Chromium closed its end
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(AssertionError("Chromium closed the DevTools pipe"))
+
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        if self._task.done():
+            raise AssertionError("Chromium closed the DevTools pipe")
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[self._next_id] = future
+        try:
+            os.write(self._write_fd, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise AssertionError("Chromium closed the DevTools pipe") from None
+        return await future
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        os.close(self._write_fd)
+
+
+async def _start_chromium(
+    flags: list[str], log: Path
+) -> tuple[asyncio.subprocess.Process, DevTools, asyncio.ReadTransport]:
+    """Start Chromium in a session of its own (so all its processes can be killed)."""
+    to_chrome, to_chrome_w = os.pipe()
+    from_chrome_r, from_chrome = os.pipe()
+    try:
+        with log.open("wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _EXEC_WITH_PIPE, str(to_chrome), str(from_chrome),
+                CHROMIUM, *flags,
+                pass_fds=(to_chrome, from_chrome), stdin=asyncio.subprocess.DEVNULL,
+                stdout=stderr, stderr=stderr, start_new_session=True,
+            )  # fmt: skip
+    except BaseException:
+        for fd in (to_chrome_w, from_chrome_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(to_chrome)
+        os.close(from_chrome)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_chrome_r, "rb", 0)
+    )
+    return process, DevTools(reader, to_chrome_w), transport
+
+
+async def _stop_chromium(process: asyncio.subprocess.Process) -> None:
+    """Wait a little for Chromium to exit, then kill every process of its session."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), 5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # its own session: renderer, GPU, zygotes
+    await process.wait()
+
+
+async def _browse(certs: CertPaths, folder: Path, proxy_lines: list[str]) -> dict[str, Any]:
+    """Run the three programs; return what the browser and the proxy reported. Everything the
+    proxy prints goes to `proxy_lines`, as it comes."""
+    server, line = await start_quicmig(
+        ["server", "--host", "127.0.0.1", "--port", "0", "--cert", str(certs.cert),
+         "--key", str(certs.key)],
+        re.compile(r"Starting QUIC server on 127\.0\.0\.1:\d+"),
+    )  # fmt: skip
+    processes = [server]
+    chromium: asyncio.subprocess.Process | None = None
+    devtools: DevTools | None = None
+    pipe: asyncio.ReadTransport | None = None
+    watcher: asyncio.Future[None] | None = None
+    try:
+        server_port = int(re.findall(r"127\.0\.0\.1:(\d+)", line)[0])
+        proxy, line = await start_quicmig(
+            ["proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{server_port}",
+             "--delay-ms", str(DELAY_MS), "--control", "off", "--duration", str(TEST_TIMEOUT)],
+            re.compile(r"quicmig proxy: 127\.0\.0\.1:\d+ →"),
+        )  # fmt: skip
+        processes.append(proxy)
+        proxy_port = int(re.findall(r"127\.0\.0\.1:(\d+) →", line)[0])
+        origin = f"127.0.0.1:{proxy_port}"
+        rebind_lines: list[str] = []
+        received = [0]  # body bytes Chromium has received (its Network.dataReceived events)
+        at_rebind: list[int] = []  # ... when the proxy said it rebound
+        asked = [False]  # SIGUSR1 sent
+        protocols: list[str] = []  # the protocol Chromium says the body came over
+        body_request: list[str] = []
+        loaded = asyncio.Event()
+
+        async def watch_proxy() -> None:
+            assert proxy.stdout is not None
+            while text := (await proxy.stdout.readline()).decode():
+                proxy_lines.append(text.rstrip())
+                if REBIND_LINE.search(text):
+                    rebind_lines.append(text.strip())
+                    at_rebind.append(received[0])
+
+        watcher = asyncio.ensure_future(watch_proxy())
+        profile = folder / "chromium-profile"
+        chromium, devtools, pipe = await _start_chromium(
+            chromium_flags(origin, spki_hash(certs.cert), profile),
+            folder / "chromium.log",
+        )
+
+        def on_event(method: str, params: dict[str, Any]) -> None:
+            if method == "Page.loadEventFired":
+                loaded.set()
+            elif method == "Network.responseReceived":
+                response = params["response"]
+                if response["url"].endswith(f"/bytes/{SIZE}"):
+                    body_request.append(params["requestId"])
+                    protocols.append(response.get("protocol", ""))
+            elif method == "Network.dataReceived" and params["requestId"] in body_request:
+                received[0] += params["dataLength"]
+                if received[0] >= SIZE // 3 and not asked[0] and proxy.returncode is None:
+                    asked[0] = True
+                    proxy.send_signal(signal.SIGUSR1)
+
+        devtools.on_event = on_event
+        target = await asyncio.wait_for(
+            devtools.send("Target.createTarget", {"url": "about:blank"}), STARTUP
+        )
+        attached = await devtools.send(
+            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+        )
+        session = attached["sessionId"]
+        await devtools.send("Network.enable", session=session)
+        await devtools.send("Page.enable", session=session)
+        navigated = await devtools.send(
+            "Page.navigate", {"url": f"https://{origin}/fetch/{SIZE}"}, session
+        )
+        assert "errorText" not in navigated, f"Chromium could not load the page: {navigated}"
+        await loaded.wait()
+        evaluated = await devtools.send(
+            "Runtime.evaluate",
+            {"expression": "window.quicmigFetch", "awaitPromise": True, "returnByValue": True},
+            session,
+        )
+        assert "exceptionDetails" not in evaluated, evaluated
+        page = evaluated["result"].get("value")
+        assert isinstance(page, dict), f"the page's script did not run: {evaluated}"
+        version = await devtools.send("Browser.getVersion")
+        with contextlib.suppress(AssertionError, TimeoutError):  # it may close the pipe first
+            await asyncio.wait_for(devtools.send("Browser.close"), 5)
+        await asyncio.sleep(0.1)
+        return {
+            "page": page,
+            "browser": version["product"],
+            "protocols": protocols,
+            "received": received[0],
+            "rebind_lines": rebind_lines,
+            "received_at_rebind": at_rebind,
+        }
+    finally:
+        if devtools is not None:
+            await devtools.aclose()
+        if pipe is not None:
+            pipe.close()
+        if chromium is not None:
+            await _stop_chromium(chromium)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        for process in reversed(processes):
+            await stop_process(process)
+
+
+@pytest.mark.skipif(
+    not HAVE_CHROMIUM, reason=f"Chromium is not installed ({CHROMIUM}; apt-get install chromium)"
+)
+def test_chromium_downloads_over_http3_across_a_proxy_rebinding(
+    certs: CertPaths, tmp_path: Path
+) -> None:
+    proxy_lines: list[str] = []
+    try:
+        out = asyncio.run(asyncio.wait_for(_browse(certs, tmp_path, proxy_lines), TEST_TIMEOUT))
+    except TimeoutError:
+        log_file = tmp_path / "chromium.log"
+        log = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+        pytest.fail(
+            f"no answer within {TEST_TIMEOUT:g} s; the proxy said: {' | '.join(proxy_lines)}; "
+            f"Chromium's last lines: {' | '.join(log[-5:])}"
+        )
+    page = out["page"]
+    assert page["error"] is None, page["error"]
+    proxy_said = "the proxy said: " + " | ".join(proxy_lines)
+
+    # What the browser received: the whole body, byte for byte the server's content.
+    assert page["status"] == 200 and page["bytes"] == SIZE and out["received"] == SIZE
+    assert page["sha256"] == hashlib.sha256(content(SIZE, BYTES_SEED)).hexdigest()
+    assert out["protocols"] == ["h3"] and page["protocol"] == "h3"  # Chromium's own view
+
+    # The proxy rebound while the body was still arriving.
+    assert len(out["rebind_lines"]) == 1, proxy_said  # one client, rebound once
+    (line,) = out["rebind_lines"]
+    new_source, old_source = REBIND_LINE.search(line).groups()  # type: ignore[union-attr]
+    (received,) = out["received_at_rebind"]
+    assert SIZE // 3 <= received < SIZE, "the rebinding must happen during the download"
+
+    # What the server observed on the browser's connection (it answered /migrations on it).
+    records = page["migrations"]
+    (ours,) = [c for c in records["connections"] if c["connection"] == records["requested_by"]]
+    assert ours["alpn"] == "h3"
+    assert len(ours["migrations"]) == 1, (ours["migrations"], proxy_said)
+    (migration,) = ours["migrations"]
+    assert migration["observed"] == "port_change"
+    assert (migration["old_peer"], migration["new_peer"]) == (old_source, new_source), proxy_said
+    assert old_source.rpartition(":")[0] == new_source.rpartition(":")[0] == "127.0.0.1"
+    assert migration["validated_at"] is not None and migration["challenges"] >= 1
+    # PATH_CHALLENGE and PATH_RESPONSE both crossed the proxy's delay
+    assert migration["validation_rtt"] >= 0.9 * 2 * DELAY_MS / 1000
+    assert ours["paths_seen"] == [old_source, new_source] and ours["peer"] == new_source
+    assert ours["challenges_answered"] == ours["challenges_sent"] >= 1
+
+
+class _H3Get(QuicConnectionProtocol):
+    """One HTTP/3 GET at a time over aioquic's public API."""
+
+    def __init__(self, quic: QuicConnection, stream_handler: QuicStreamHandler | None = None):
+        super().__init__(quic, stream_handler)
+        self.h3 = H3Connection(quic)
+        self._answers: dict[int, tuple[list[bytes], asyncio.Future[None]]] = {}
+        self._status: dict[int, int] = {}
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        stream_id = self._quic.get_next_available_stream_id()
+        chunks: list[bytes] = []
+        done = asyncio.get_running_loop().create_future()
+        self._answers[stream_id] = (chunks, done)
+        self.h3.send_headers(
+            stream_id,
+            [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+             (b":path", path.encode())],
+            end_stream=True,
+        )  # fmt: skip
+        self.transmit()
+        await done
+        return self._status[stream_id], b"".join(chunks)
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        for h3_event in self.h3.handle_event(event):
+            if not isinstance(h3_event, HeadersReceived | DataReceived):
+                continue
+            chunks, done = self._answers[h3_event.stream_id]
+            if isinstance(h3_event, HeadersReceived):
+                self._status[h3_event.stream_id] = int(dict(h3_event.headers)[b":status"])
+            else:
+                chunks.append(h3_event.data)
+            if h3_event.stream_ended and not done.done():
+                done.set_result(None)
+
+
+def test_fetch_page_names_the_body_and_its_sha256(certs: CertPaths) -> None:
+    """`/fetch/N` (the page the browser runs) without a browser: what it asks for and expects."""
+
+    async def scenario() -> dict[str, tuple[int, bytes]]:
+        async with LiveServer(certs, [("127.0.0.1", 0)], log=lambda line: None) as server:
+            host, port = server.addresses[0]
+            config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+            config.load_verify_locations(cafile=str(certs.ca))
+            config.server_name = "localhost"
+            config.verify_mode = ssl.CERT_REQUIRED
+            async with connect(host, port, configuration=config, create_protocol=_H3Get) as h3:
+                assert isinstance(h3, _H3Get)
+                paths = ["/fetch/1234", "/fetch/0", "/fetch/x", f"/fetch/{MAX_BYTES + 1}"]
+                return {path: await h3.get(path) for path in paths}
+
+    answers = run_bounded(scenario())
+    status, page = answers["/fetch/1234"]
+    assert status == 200 and page.startswith(b"<!doctype html>")
+    assert b'const url = "/bytes/" + 1234;' in page and b'fetch("/migrations"' in page
+    expected = hashlib.sha256(content(1234, BYTES_SEED)).hexdigest().encode()
+    assert b'expected_sha256: "' + expected + b'"' in page
+    assert hashlib.sha256(b"").hexdigest().encode() in answers["/fetch/0"][1]
+    assert answers["/fetch/x"][0] == answers[f"/fetch/{MAX_BYTES + 1}"][0] == 400
