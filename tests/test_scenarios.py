@@ -151,11 +151,15 @@ CHALLENGE_LATE = {"blackhole", "network-switch", "make-before-break"}
 
 def _download_expected_intact(name: str) -> bool:
     """Downloads that must arrive whole: passing scenarios, and those failing only on the late
-    challenge (disable-migration's stock client breaks its transfer, which it tests itself)."""
+    challenge or on the stock client migrating against disable_active_migration."""
     scenario = load_scenario(name)
     if not isinstance(scenario.workload, Download):
         return False
-    return scenario.expect.verdict == "passed" or name in CHALLENGE_LATE
+    return (
+        scenario.expect.verdict == "passed"
+        or name in CHALLENGE_LATE
+        or name in STOCK_MIGRATES_ANYWAY
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if _download_expected_intact(n)])
