@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from quicmig import __version__
 from quicmig.errors import QuicmigError
@@ -24,6 +25,13 @@ COMMANDS: dict[str, str] = {  # name -> one line for `quicmig --help`; module qu
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line with the way to help, exit 2 (argparse prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The parser; only the `selected` command's module is imported and registers its options.
 
@@ -31,7 +39,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     `quicmig --help` shows: importing every command would load the live server, the proxy
     and the capture code for every `quicmig run`.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="quicmig",
         description="A lab for QUIC connection migration: real aioquic connections surviving "
         "NAT rebinding, address changes and network switches, measured and checked.",

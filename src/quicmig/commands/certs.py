@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quicmig.errors import QuicmigError
+from quicmig.errors import InputError, QuicmigError
 from quicmig.live.certs import SAN_IPS, SAN_NAMES, CertPaths, check_server_pair, write
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 cert = check_server_pair(paths)
             except QuicmigError as exc:
-                raise QuicmigError(f"existing certificates are unusable: {exc}") from None
+                raise InputError(f"existing certificates are unusable: {exc}") from None
             print(
                 f"✅ Certificates already in {args.dir}/ (valid until "
                 f"{cert.not_valid_after_utc:%Y-%m-%d}); use --force to make new ones."

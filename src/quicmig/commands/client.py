@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,11 +34,11 @@ from quicmig.live.client import (
     parse_kinds,
 )
 from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT
+from quicmig.model.scenario import MAX_DOWNLOAD
 from quicmig.report.table import make_console
 
 SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-MAX_DOWNLOAD = 1_000_000_000  # bytes
 
 
 # aioquic warns on stderr about every connection closed with an error; our log says it.
@@ -79,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=1.0,
         metavar="SECONDS",
-        help="pause before each migration (default 1)",
+        help="pause before each migration (default 1); with --download the migrations are "
+        "spread over the transfer instead",
     )
     parser.add_argument(
         "--messages",
@@ -151,7 +153,7 @@ def parse_size(text: str) -> int:
         raise InputError(f"--download {text!r}: give a size such as 4000000, 500k or 4M")
     size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
     if not 0 < size <= MAX_DOWNLOAD:
-        raise InputError(f"--download {text!r}: between 1 byte and 1G")
+        raise InputError(f"--download {text!r}: between 1 byte and {MAX_DOWNLOAD // 1_000_000}M")
     return size
 
 
@@ -178,8 +180,9 @@ def run(args: argparse.Namespace) -> int:
         ):
             raise InputError("--addresses: use the same IP version as the server address")
     for name in ("interval", "gap", "timeout"):
-        if getattr(args, name) < 0 or (name == "timeout" and args.timeout == 0):
-            raise InputError(f"--{name} {getattr(args, name)}: must be positive")
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0 or (name == "timeout" and value == 0):
+            raise InputError(f"--{name} {value}: must be a positive number of seconds")
     if args.messages < 0:
         raise InputError(f"--messages {args.messages}: must be 0 or more")
     size = parse_size(args.download) if args.download is not None else None
@@ -306,10 +309,10 @@ def _report(client: LiveClient, record: dict[str, Any], download: Download | Non
     paths = sum(item.move.moves_path for item in confirmations)
     rotations = len(confirmations) - paths
     if ok:
+        validated = " (every new path validated with PATH_CHALLENGE/PATH_RESPONSE)" if paths else ""
         _say(
-            f"✅ The server confirmed {paths} migration{'s' if paths != 1 else ''} (every new "
-            f"path validated with PATH_CHALLENGE/PATH_RESPONSE) and {rotations} CID "
-            f"rotation{'s' if rotations != 1 else ''}."
+            f"✅ The server confirmed {paths} migration{'s' if paths != 1 else ''}{validated} "
+            f"and {rotations} CID rotation{'s' if rotations != 1 else ''}."
         )
     else:
         for item in confirmations:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--cert", type=Path, default=Path(CERT_FILE), help=f"certificate (default ./{CERT_FILE})"
     )
     parser.add_argument(
-        "--key", type=Path, default=Path(KEY_FILE), help=f"private key (default ./{KEY_FILE})"
+        "--key", type=Path, help=f"private key (default: {KEY_FILE} beside the certificate)"
     )
     parser.add_argument(
         "--preferred-address",
@@ -93,7 +94,9 @@ def parse_listen(text: str, default_port: int) -> Address:
     """`127.0.0.1`, `127.0.0.1:4433`, `::1`, `[::1]:4433` -> (host, port)."""
     host, port = text, default_port
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise InputError(f"--listen {text!r}: write IPv6 as [::1]:4433")
         if rest:
             if not rest.startswith(":"):
                 raise InputError(f"--listen {text!r}: write IPv6 as [::1]:4433")
@@ -130,6 +133,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         listen = [(_host(args.host, "--host"), args.port)]
     preferred = parse_preferred(args.preferred_address, listen)
+    if args.qlog_dir is not None:  # qlogs are written on exit: find out now that they can be
+        try:
+            args.qlog_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"--qlog-dir {args.qlog_dir}: cannot create it ({exc.strerror})"
+            ) from None
+        if not os.access(args.qlog_dir, os.W_OK):
+            raise InputError(f"--qlog-dir {args.qlog_dir}: not writable; choose another folder")
     paths = CertPaths.beside(args.cert, args.key)
     if not paths.cert.exists() and not paths.key.exists():
         write(paths)
@@ -230,7 +242,13 @@ async def serve(
         shown = first.replace("127.0.0.1", "localhost")
         _log(f"   ALPN quicmig: the message protocol of `quicmig client --port {addresses[0][1]}`")
         _log(f"   ALPN h3: HTTP/3 at https://{shown}/ , /migrations (JSON), /bytes/N, /fetch/N")
-        _log(f"   certificate {paths.cert}, clients verify it against {paths.ca}")
+        if paths.ca.is_file():
+            _log(f"   certificate {paths.cert}, clients verify it against {paths.ca}")
+        else:
+            _log(
+                f"   certificate {paths.cert}; no {paths.ca} beside it: clients need "
+                "--ca with the CA that signed it, or --insecure"
+            )
         _log("   Press Ctrl-C to stop.")
         await stop.wait()
     finally:

@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aioquic.quic.connection import QuicConnection
 
-from quicmig.model.scenario import Download, Messages, Stream, Workload
+from quicmig.model.scenario import MAX_DOWNLOAD, Download, Messages, Stream, Workload
 
-MAX_REQUEST = 1 << 20  # bytes: a longer request is refused
+MAX_REQUEST = 1 << 20  # bytes: a longer request is refused, and no STREAM frame is larger
+MAX_STREAM_S = 3600.0  # seconds: the longest STREAM
 
 
 def content(size: int, seed: int) -> bytes:
-    """The deterministic body of `DOWNLOAD size seed`."""
+    """The deterministic body of `DOWNLOAD size seed` (0 <= size <= MAX_DOWNLOAD)."""
+    if not 0 <= size <= MAX_DOWNLOAD:
+        raise ValueError(f"content size {size} outside 0..{MAX_DOWNLOAD}")
     return random.Random(seed).randbytes(size)
 
 
@@ -100,6 +104,11 @@ class ServerApp:
             elif verb == "STREAM":
                 rate, seconds, chunk = float(args[0]), float(args[1]), int(args[2])
                 interval = chunk * 8 / rate
+                # A zero, negative or infinite interval would never end the job's loop.
+                if not (0 < interval < math.inf and 0 < seconds <= MAX_STREAM_S):
+                    raise ProtocolError(line)
+                if chunk > MAX_REQUEST:  # bytes held per frame
+                    raise ProtocolError(line)
                 self._jobs.append(_StreamJob(stream_id, interval, chunk, now + seconds, now))
                 self._run_jobs(now)
             elif self.on_request is not None and (reply := self.on_request(line.decode())):

@@ -203,6 +203,29 @@ STORIES: dict[str, Story] = {
         "Interop test rebind-addr (NAT address changes every 5 s)",
         "As rebind-port, with the public address changing too.",
     ),
+    "disable-migration": Story(
+        "A server that asks clients not to migrate",
+        "The NAT rebinding is still followed; watch whether the client switches to cellular.",
+    ),
+    "preferred-address": Story(
+        "The server asks clients to move to its preferred address",
+        "The client probes the new server address with a new DCID, then moves its data there.",
+    ),
+    "preferred-address-unreachable": Story(
+        "A preferred address that cannot be reached",
+        "The client's probes go unanswered; it stays on the original address and carries on.",
+    ),
+    "spoofed-address": Story(
+        "An attacker forges the client's source address",
+        "The server challenges the forged address, sends it at most 3x what it received, and "
+        "goes back to the real client.",
+    ),
+    "off-path-forward": Story(
+        "An off-path attacker forwards the client's packets from its own address",
+        "Each copy arriving first moves the server; it challenges the attacker's address and "
+        "returns with the real client's next packet (with probe_old_path it also probes the "
+        "old path).",
+    ),
 }
 
 TUTORIAL_ORDER = ("nat-rebinding", "network-switch", "ip-change", "nat-rebinding-addr")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from quicmig.core.certs import make_certificates
@@ -49,6 +50,12 @@ class CertPaths:
     def regenerate_hint(self) -> str:
         directory = self.cert.parent
         where = "" if directory == Path(".") else f" --dir {directory}"
+        if self != CertPaths.in_dir(directory):  # `quicmig certs` writes the default names only
+            made = CertPaths.in_dir(directory)
+            return (
+                f"make new ones with `{REGENERATE}{where}` and pass "
+                f"--cert {made.cert} --key {made.key}"
+            )
         return (
             f"regenerate them with `{REGENERATE}{where}` "
             f"(or `python generate_certs.py --force{where}`)"
@@ -120,6 +127,14 @@ def check_server_pair(paths: CertPaths) -> x509.Certificate:
             f"{paths.cert} is valid from {cert.not_valid_before_utc:%Y-%m-%d} to "
             f"{cert.not_valid_after_utc:%Y-%m-%d}, not now: {hint}"
         )
+    if paths.ca.is_file():  # a certificate from elsewhere may come without ours: see the server
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(paths.ca.read_bytes()))
+        except (ValueError, TypeError, InvalidSignature):
+            raise InputError(
+                f"{paths.ca} did not sign {paths.cert}, so clients verifying against it "
+                f"would fail: {hint}"
+            ) from None
     return cert
 
 

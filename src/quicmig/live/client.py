@@ -4,7 +4,7 @@ Migrations are real: the client really sends from another socket.
 
 - `nat-rebinding`: a new UDP socket on the same address (new source port); the old one is
   closed. The client behaves as if it did not notice (RFC 9000 section 9.3): same connection
-  ID, no PING; its next packet (a request or an ACK) arrives from the new port.
+  ID; one PING stands for "its next packet", so an idle client does not stay silent.
 - `ip-change`: a new socket on the next local address (`addresses`, default 127.0.0.1-3);
   an active migration, so a fresh connection ID and a PING at once (section 9.5).
 - `network-switch`: moves to the next local address like a WiFi -> cellular handover,
@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from cryptography import x509
 
 from quicmig.aioquic_ext import connection_class
 from quicmig.core.app import ClientWorkload, content
@@ -217,10 +218,13 @@ class LiveClient:
         else:
             assert ca is not None
             try:
+                # aioquic only stores the path and fails inside the handshake; read it now.
+                x509.load_pem_x509_certificates(ca.read_bytes())
                 config.load_verify_locations(cafile=str(ca))
             except (OSError, ValueError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not a PEM certificate"
                 raise InputError(
-                    f"cannot load the CA certificate {ca} ({exc}): the server writes ca.pem "
+                    f"cannot load the CA certificate {ca} ({reason}): the server writes ca.pem "
                     "beside its cert.pem on first start (or run `quicmig certs`); pass it with "
                     "--ca FILE, or skip verification with --insecure"
                 ) from exc

@@ -95,7 +95,7 @@ def bind_error(local: Address, exc: OSError, role: str) -> str:
             f"UDP port {local[1]} on {local[0]} is already in use ({role}): stop the program "
             f"using it (find it with `ss -ulpn 'sport = :{local[1]}'` on Linux or "
             f"`lsof -nP -iUDP:{local[1]}` on macOS; another quicmig server?) or choose another "
-            f"port with --port"
+            f"port (--port, or the port in --listen)"
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         hint = MACOS_ALIAS_HINT if sys.platform == "darwin" else "configure it first"

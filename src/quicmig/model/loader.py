@@ -170,32 +170,36 @@ class _Table:
         self.used.add(key)
         return self.data.get(key, default)
 
+    def _name(self, key: str) -> str:
+        """The dotted name of `key`, as users write it in --set."""
+        return f"{self.where}.{key}" if self.where else key
+
     def string(self, key: str, default: str | None = None) -> str:
         value = self._get(key, default)
         if not isinstance(value, str):
-            raise InputError(f"{self.where}.{key}: expected a string, got {value!r}")
+            raise InputError(f"{self._name(key)}: expected a string, got {value!r}")
         return value
 
     def number(self, key: str, default: float | None = None) -> float:
         value = self._get(key, default)
         if value is None:
-            raise InputError(f"{self.where}.{key}: required (a number)")
-        return number(value, f"{self.where}.{key}")
+            raise InputError(f"{self._name(key)}: required (a number)")
+        return number(value, self._name(key))
 
     def optional(self, key: str) -> float | None:
         value = self._get(key, None)
-        return None if value is None else number(value, f"{self.where}.{key}")
+        return None if value is None else number(value, self._name(key))
 
     def integer(self, key: str, default: int | None = None) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{self.where}.{key}: expected a whole number, got {value!r}")
+            raise InputError(f"{self._name(key)}: expected a whole number, got {value!r}")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
-            raise InputError(f"{self.where}.{key}: expected true or false, got {value!r}")
+            raise InputError(f"{self._name(key)}: expected true or false, got {value!r}")
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:
@@ -203,11 +207,11 @@ class _Table:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InputError(f"{self.where}.{key}: expected a string or a list of strings")
+            raise InputError(f"{self._name(key)}: expected a string or a list of strings")
         return tuple(value)
 
     def table(self, key: str) -> _Table:
-        return _Table(self._get(key, {}), f"{self.where}.{key}" if self.where else key)
+        return _Table(self._get(key, {}), self._name(key))
 
     def finish(self, allowed: Iterable[str] = ()) -> None:
         extra = set(self.data) - self.used - set(allowed)

@@ -88,6 +88,12 @@ TimelineEvent = (
 ACTIVE_MIGRATIONS = (Switch, AddressChange)  # the client knows it moved
 
 
+# bytes: the largest download. The server hands aioquic the whole body at once (aioquic has
+# no public way to say how much of a stream is still buffered, so it cannot be fed lazily),
+# and a client must not be able to make it hold gigabytes.
+MAX_DOWNLOAD = 200_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class Download:
     """The client asks for `size` bytes; the server sends them on one stream."""
@@ -303,8 +309,8 @@ class Scenario:
             if self.client.interface is not None:
                 client.interface(self.client.interface)
         match self.workload:
-            case Download(size=size) if size < 0:
-                raise InputError("workload.bytes: must be >= 0")
+            case Download(size=size) if not 0 <= size <= MAX_DOWNLOAD:
+                raise InputError(f"workload.bytes: must be between 0 and {MAX_DOWNLOAD:,}")
             case Messages(count=count, interval=interval) if count < 1 or interval < 0:
                 raise InputError("workload: messages needs count >= 1 and interval_s >= 0")
             case Stream(rate=rate, duration=dur, chunk=chunk) if rate <= 0 or dur <= 0 or chunk < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -23,6 +24,8 @@ LINK_KEYS: dict[str, tuple[str, float]] = {
 def number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"{where}: {value!r} is not a number")
+    if not math.isfinite(value):  # TOML allows nan and inf; no setting means either
+        raise InputError(f"{where}: {value!r} is not a finite number")
     return float(value)
 
 
