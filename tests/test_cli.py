@@ -73,6 +73,9 @@ BAD_INPUTS = [
     (["run", "network-switch", "--set", "timeline.0.to=bluetooth"], "no interface 'bluetooth'"),
     (["run", "nat-rebinding", "--set", "workload.kind=video"], "workload.kind"),
     (["run", "nat-rebinding", "--set", "nonsense"], "expected key=value"),
+    (["run", "nat-rebinding", "--set", "duration_s=nan"], "duration_s: nan is not a finite"),
+    (["run", "nat-rebinding", "--set", "timeline.0.at_s=inf"], "at_s: inf is not a finite"),
+    (["run", "nat-rebinding", "--set", "workload.bytes=300000000"], "workload.bytes"),
     (["run", "all", "--backend", "lab"], "--backend lab runs one scenario at a time"),
     (["run", "all", "--pcap", "x.pcap"], "with `all` use --out DIR"),
 ]
@@ -86,6 +89,25 @@ def test_bad_input_is_one_line_exit_2(
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and err.startswith("quicmig: error: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "nat-rebinding", "--seed", "x"], "argument --seed: invalid int value"),
+        (["run"], "the following arguments are required"),
+        (["teleport"], "invalid choice: 'teleport'"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "--help" in err
+    assert err.count("\n") == 1
 
 
 def test_bad_file_and_paths_leave_nothing_behind(tmp_path: Path) -> None:

@@ -129,6 +129,29 @@ def test_missing_ca_says_where_it_comes_from(
     assert "not found" in err and "--insecure" in err
 
 
+def test_a_ca_that_is_not_a_certificate_is_named(
+    certs: CertPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # aioquic would only fail inside the handshake, and the client would report a timeout.
+    assert main(["client", "--port", str(free_port()), "--ca", str(certs.key)]) == 2
+    err = capsys.readouterr().err
+    assert f"{certs.key} (not a PEM certificate)" in err and "--insecure" in err
+    assert err.count("\n") == 1
+
+
+def test_a_ca_that_did_not_sign_the_certificate_is_refused(
+    certs: CertPaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = CertPaths.in_dir(tmp_path / "other")
+    write(other)
+    certs.ca.write_bytes(other.ca.read_bytes())
+    assert main(["certs", "--dir", str(certs.cert.parent)]) == 2
+    assert main(["server", "--port", "0", "--cert", str(certs.cert)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"{certs.ca} did not sign {certs.cert}") == 2
+    assert "quicmig certs --force" in err
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -136,6 +159,10 @@ def test_missing_ca_says_where_it_comes_from(
         ["server", "--port", "70000"],
         ["client", "--download", "lots"],
         ["client", "--addresses", "127.0.0.1,::1"],
+        ["client", "--download", "300M"],
+        ["client", "--timeout", "nan"],
+        ["client", "--interval", "inf"],
+        ["server", "--listen", "[::1"],
     ],
 )
 def test_other_bad_values_are_input_errors(
