@@ -76,6 +76,12 @@ BAD_INPUTS = [
     (["run", "nat-rebinding", "--set", "duration_s=nan"], "duration_s: nan is not a finite"),
     (["run", "nat-rebinding", "--set", "timeline.0.at_s=inf"], "at_s: inf is not a finite"),
     (["run", "nat-rebinding", "--set", "workload.bytes=300000000"], "workload.bytes"),
+    (["run", "ip-change", "--set", "timeline.0.address=notanip"], ".address: 'notanip' is not"),
+    (["run", "ip-change", "--set", "timeline.0.address=2001:db8::5"], "not of the family"),
+    (["run", "network-switch", "--set", "timeline.0.host=server"], "'server' runs no client"),
+    (["run", "network-switch", "--set", "client.interface=eth9"], "client.interface: host"),
+    (["run", "nat-rebinding", "--set", "links.nolink.delay_ms=3"], "links.nolink: no such link"),
+    (["run", "spoofed-address", "--set", "attackers.0.watch=client.eth5"], "attackers[0].watch"),
     (["run", "all", "--backend", "lab"], "--backend lab runs one scenario at a time"),
     (["run", "all", "--pcap", "x.pcap"], "with `all` use --out DIR"),
 ]
@@ -117,7 +123,12 @@ def test_bad_file_and_paths_leave_nothing_behind(tmp_path: Path) -> None:
     assert main(["run", str(broken), "--json", str(out)]) == 2
     assert main(["run", "nat-rebinding", "--json", str(tmp_path / "missing" / "r.json")]) == 2
     assert main(["run", "nat-rebinding", "--plot", str(tmp_path / "fig.bmp")]) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.toml"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    pcap = tmp_path / "p.pcap"
+    assert main(["run", "nat-rebinding", "--pcap", str(pcap), "--keylog", str(folder)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.toml", "folder"]
+    assert not any(folder.iterdir())
 
 
 def test_no_traceback_from_the_real_process() -> None:

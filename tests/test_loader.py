@@ -48,6 +48,9 @@ def test_override_link_shortcut_changes_delay() -> None:
 def test_override_workload_bytes() -> None:
     scenario = load_scenario("nat-rebinding", ["workload.bytes=12345"])
     assert scenario.workload == Download(size=12345)
+    # A whole number written as a TOML float is accepted; a fraction is not.
+    assert load_scenario("nat-rebinding", ["workload.bytes=2e6"]).workload == Download(2_000_000)
+    assert "whole number" in str(input_error("nat-rebinding", ["workload.bytes=2.5"]))
 
 
 def test_override_timeline_entry() -> None:
@@ -161,7 +164,8 @@ def test_set_without_equals() -> None:
         ('client.interface="bluetooth"', "bluetooth"),
         ('expect.verdict="maybe"', "expect.verdict"),
         ('timeline.0.event="teleport"', "timeline[0].event"),
-        ('timeline.0.nat="nowhere"', "nowhere"),
+        ('timeline.0.nat="nowhere"', "timeline[0] (NatRebind): unknown NAT 'nowhere'"),
+        ("timeline.0.every_s=-1", "timeline[0] (NatRebind).every_s"),
         ("timeline.0.at_s=-1", "timeline[0]"),
         ("timeline.0.at_s=20", "timeline[0]"),
         ("timeline.0.at_s=25", "timeline[0]"),

@@ -166,6 +166,9 @@ def test_client_moves_to_the_preferred_address() -> None:
     assert use.first_dcid_new  # interop connectionmigration
     assert use.moved_at is not None and use.moved_at > use.first_packet_at
     assert conn.tracker.local == PREFERRED
+    # The new DCID came with the move to another server address: not a rotation, not a
+    # migration of the client's address.
+    assert conn.tracker.cid_rotations == [] and conn.tracker.migrations == []
     assert sim.clients[0].endpoint.conn.get_peer_address() == PREFERRED
     # On the wire: the server answered at the preferred address, and sent its bulk data
     # from there only after the client's first non-probing packet arrived (RFC 9000 9.6.3).

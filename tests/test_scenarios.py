@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import SEED, BuiltinRuns, Run
@@ -33,6 +34,7 @@ from quicmig.model.scenario import (
     Stream,
 )
 from quicmig.model.topology import Link
+from quicmig.report.plot import plot_timeline
 from quicmig.sim.runner import RunOptions, run_scenario
 
 NAMES = builtin_names()
@@ -214,6 +216,17 @@ def test_validation_rtt_matches_path(builtin_run: BuiltinRuns, name: str) -> Non
         assert answered and all(c.peer == mig.new_peer for c in mig.challenges)
 
 
+def test_a_switch_that_keeps_its_dcid_fails_the_new_dcid_check() -> None:
+    """RFC 9000 section 9.5: the check judges what the server saw, not what the client meant."""
+    scenario = load_scenario("network-switch", ["timeline.0.new_cid=false"]).with_stack("quicmig")
+    result = run_scenario(scenario, RunOptions(seed=SEED))
+    (moved,) = result.migrations
+    assert moved.observed == "address_change" and not moved.cid_changed
+    checks = {c.name: c.passed for c in result.checks}
+    assert checks["new-dcid-after-active-migration"] is False
+    assert result.verdict.value == "failed"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_active_migrations_use_a_new_cid(builtin_run: BuiltinRuns, name: str) -> None:
     run = builtin_run(name)
@@ -371,6 +384,15 @@ def test_same_seed_same_result(builtin_run: BuiltinRuns, name: str) -> None:
     again = run_scenario(load_scenario(name), RunOptions(seed=SEED)).to_dict(series=True)
     del first["wall"], again["wall"]
     assert again == first
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_same_seed_same_figure(builtin_run: BuiltinRuns, tmp_path: Path, suffix: str) -> None:
+    result = builtin_run("nat-rebinding-keepalive").result
+    first, again = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+    plot_timeline(result, first)
+    plot_timeline(result, again)
+    assert first.read_bytes() == again.read_bytes()
 
 
 def test_another_seed_still_passes() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -95,8 +96,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _check_parent(path: Path | None, flag: str) -> None:
-    if path is not None and not path.parent.is_dir():
+    """Refuse an output file that cannot be written, before anything runs or is written."""
+    if path is None:
+        return
+    if not path.parent.is_dir():
         raise InputError(f"{flag} {path}: directory {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"{flag} {path}: directory {path.parent} is not writable")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

@@ -62,6 +62,8 @@ class TapTrace(QuicLoggerTrace):
         self.observer = observer
         self.peer: Address = ("", 0)  # set by the endpoint before receive_datagram()
         self.local: Address | None = None  # likewise: the server address it arrived at
+        # Our own list, not aioquic's private one: only the public to_dict() is used.
+        self.events: list[dict[str, Any]] = []
         self._received: list[tuple[float, dict[str, Any]]] = []
         self._sent_groups: list[list[tuple[float, dict[str, Any]]]] = []
         self._group_datagrams: list[int] = []
@@ -70,7 +72,7 @@ class TapTrace(QuicLoggerTrace):
     def log_event(self, *, category: str, event: str, data: dict[str, Any]) -> None:
         now = self.clock()
         if self.keep:
-            self._events.append({"data": data, "name": f"{category}:{event}", "time": now * 1e3})
+            self.events.append({"data": data, "name": f"{category}:{event}", "time": now * 1e3})
         if self.observer is None:
             return
         if event == "packet_sent":
@@ -114,6 +116,7 @@ class TapTrace(QuicLoggerTrace):
 
     def to_dict(self) -> dict[str, Any]:
         trace = super().to_dict()
+        trace["events"] = self.events
         trace["common_fields"]["time_format"] = "relative"
         trace["common_fields"]["reference_time"] = 0
         return trace
@@ -146,6 +149,7 @@ class TapLogger(QuicLogger):
         self.keep = keep
         self.next_observer: PacketObserver | None = None
         self.last_trace: TapTrace | None = None
+        self.traces: list[TapTrace] = []  # kept (when `keep`) for write_qlogs()
 
     def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
         trace = TapTrace(
@@ -158,16 +162,23 @@ class TapLogger(QuicLogger):
         self.next_observer = None
         self.last_trace = trace
         if self.keep:
-            self._traces.append(trace)
+            self.traces.append(trace)
         return trace
 
     def end_trace(self, trace: QuicLoggerTrace) -> None:
         """Traces stay in memory until write_qlogs()."""
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "qlog_format": "JSON",
+            "qlog_version": QLOG_VERSION,
+            "traces": [trace.to_dict() for trace in self.traces],
+        }
+
     def write_qlogs(self, directory: Path, prefix: str) -> list[Path]:
         """Write one .qlog file per connection; return their paths."""
         paths = []
-        for index, trace in enumerate(self._traces):
+        for index, trace in enumerate(self.traces):
             path = directory / f"{prefix}-{index}.qlog"
             document = {
                 "qlog_format": "JSON",

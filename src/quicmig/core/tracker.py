@@ -153,7 +153,8 @@ class MigrationTracker:
         if is_probing(packet) or packet.number <= self._largest_pn:
             return
         self._largest_pn = packet.number
-        if local != self.local:
+        moved_to_server_address = local != self.local
+        if moved_to_server_address:
             self.local = local
             use = self.server_addresses.get(local) if local is not None else None
             if use is not None and use.moved_at is None:
@@ -170,7 +171,9 @@ class MigrationTracker:
                 )
             )
             self._sent_to.discard(peer)  # a return to an old address is a new path again
-        elif self._dcid and packet.dcid != self._dcid:
+        elif self._dcid and packet.dcid != self._dcid and not moved_to_server_address:
+            # A new DCID towards another server address (the preferred address, RFC 9000
+            # section 9.6) is part of that move, not a rotation on an unchanged path.
             self.cid_rotations.append(CidRotation(packet.at, peer))
         self.peer = peer
         self._dcid = packet.dcid

@@ -192,6 +192,8 @@ class _Table:
 
     def integer(self, key: str, default: int | None = None) -> int:
         value = self._get(key, default)
+        if isinstance(value, float) and value.is_integer():  # 2e6 is a TOML float
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(f"{self._name(key)}: expected a whole number, got {value!r}")
         return value
@@ -291,6 +293,11 @@ def _topology(table: _Table) -> Topology:
             )
         settings = [(k, link_table.data[k]) for k in LINK_KEYS if k in link_table.data]
         profile = apply_link_settings(PROFILES[base_name], settings, link_table.where)
+        if "a" not in link_table.data:  # typically --set on a link the topology lacks
+            known = ", ".join(name for name in links_table.data if name != link_name)
+            raise InputError(
+                f"{link_table.where}: no such link (links: {known}); a new link needs a and b"
+            )
         links.append(Link(link_name, link_table.string("a"), link_table.string("b"), profile))
         link_table.finish(LINK_KEYS)
     topology = Topology(tuple(hosts), tuple(links), tuple(nats), table.string("server", "server"))

@@ -8,7 +8,7 @@ from enum import Enum
 from typing import ClassVar
 
 from quicmig.errors import InputError
-from quicmig.model.topology import Topology
+from quicmig.model.topology import Topology, check_ip
 
 SERVER_PORT = 4433  # the port the server listens on in the simulator
 
@@ -279,24 +279,11 @@ class Scenario:
                     f"{where}.at_s: {event.at:g} s is at or after the end of the run "
                     f"({self.duration:g} s); raise duration_s or move the event"
                 )
-            match event:
-                case NatRebind(nat=nat, every=every):
-                    topo.nat(nat)
-                    if every is not None and every <= 0:
-                        raise InputError(f"{where}.every: must be > 0 seconds")
-                case InterfaceDown(iface=ref) | InterfaceUp(iface=ref) | AddressChange(iface=ref):
-                    topo.split_iface(ref, where)
-                case Switch(host=host, to=to):
-                    try:
-                        topo.host(host).interface(to)
-                    except InputError as exc:
-                        raise InputError(f"{where}.to: {exc}") from None
-                    if event.gap < 0 or event.overlap < 0:
-                        raise InputError(f"{where}: gap and overlap must be >= 0 seconds")
-                case CidRotate(host=host):
-                    topo.host(host)
-                case LinkChange(link=link):
-                    topo.link(link)
+            try:
+                self._validate_event(topo, event, where)
+            except InputError as exc:  # name the event whose reference is unknown
+                text = str(exc)
+                raise InputError(text if text.startswith(where) else f"{where}: {text}") from None
         self._validate_server(topo)
         for index, attacker in enumerate(self.attackers):
             where = f"attackers[{index}]"
@@ -307,7 +294,10 @@ class Scenario:
                 )
         for client in topo.clients:
             if self.client.interface is not None:
-                client.interface(self.client.interface)
+                try:
+                    client.interface(self.client.interface)
+                except InputError as exc:
+                    raise InputError(f"client.interface: {exc}") from None
         match self.workload:
             case Download(size=size) if not 0 <= size <= MAX_DOWNLOAD:
                 raise InputError(f"workload.bytes: must be between 0 and {MAX_DOWNLOAD:,}")
@@ -316,6 +306,39 @@ class Scenario:
             case Stream(rate=rate, duration=dur, chunk=chunk) if rate <= 0 or dur <= 0 or chunk < 1:
                 raise InputError("workload: stream needs rate_mbit > 0, duration_s > 0, chunk >= 1")
         return self
+
+    @staticmethod
+    def _validate_event(topo: Topology, event: TimelineEvent, where: str) -> None:
+        match event:
+            case NatRebind(nat=nat, every=every):
+                topo.nat(nat)
+                if every is not None and every <= 0:
+                    raise InputError(f"{where}.every_s: must be > 0 seconds")
+            case AddressChange(iface=ref, address=address):
+                _, iface = topo.split_iface(ref, f"{where}.iface")
+                check_ip(address, f"{where}.address")
+                old = ipaddress.ip_address(iface.addresses[0])
+                if ipaddress.ip_address(address).version != old.version:
+                    raise InputError(
+                        f"{where}.address: {address} is not of the family of {ref}'s {old}"
+                    )
+            case InterfaceDown(iface=ref) | InterfaceUp(iface=ref):
+                topo.split_iface(ref, f"{where}.iface")
+            case Switch(host=host) | CidRotate(host=host):
+                clients = [h.name for h in topo.clients]
+                if host not in clients:
+                    raise InputError(
+                        f"{where}.host: {host!r} runs no client; clients: {', '.join(clients)}"
+                    )
+                if isinstance(event, Switch):
+                    try:
+                        topo.host(host).interface(event.to)
+                    except InputError as exc:
+                        raise InputError(f"{where}.to: {exc}") from None
+                    if event.gap < 0 or event.overlap < 0:
+                        raise InputError(f"{where}: gap_s and overlap_s must be >= 0 seconds")
+            case LinkChange(link=link):
+                topo.link(link)
 
     def _validate_server(self, topo: Topology) -> None:
         preferred = self.server.preferred_address

@@ -73,7 +73,7 @@ class LinkProfile:
                 f"burst_len of {self.burst_len:g} can give; raise burst_len or use loss_pct = 100"
             )
         if self.rate is not None and self.rate <= 0:
-            raise InputError(f"{where}.rate_mbit: must be > 0 (omit it for no limit)")
+            raise InputError(f"{where}.rate_mbit: must be >= 0 (0 or omitted: no limit)")
         if self.queue < 1:
             raise InputError(f"{where}.queue_packets: {self.queue} is below 1; use >= 1")
         return self
@@ -170,8 +170,11 @@ class Topology:
         host_name, dot, iface_name = ref.partition(".")
         if not dot:
             raise InputError(f"{where}: {ref!r} is not of the form host.interface")
-        host = self.host(host_name)
-        return host, host.interface(iface_name)
+        try:
+            host = self.host(host_name)
+            return host, host.interface(iface_name)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
 
     @property
     def clients(self) -> tuple[Host, ...]:

@@ -56,6 +56,10 @@ def plot_timeline(result: Result, path: Path) -> None:
     )
     fig.tight_layout()
     tmp = path.with_name(path.name + ".part" + path.suffix)
-    fig.savefig(tmp)
+    # No creation date in SVG and PDF, and fixed SVG element ids (matplotlib draws them at
+    # random otherwise), so the same seed gives the same file.
+    metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(path.suffix.lower())
+    with plt.rc_context({"svg.hashsalt": "quicmig"}):
+        fig.savefig(tmp, metadata=metadata)
     plt.close(fig)
     tmp.replace(path)

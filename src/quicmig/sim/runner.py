@@ -404,7 +404,9 @@ class Simulation:
             f"{client.host}: {client.iface} -> {event.to} ({event.mode.value}"
             + (", new CID" if event.new_cid else ", same CID")
             + ")",
-            active=event.new_cid,
+            # The client chose to move, whatever it does with its CID: with new_cid = false
+            # the new-DCID check runs and fails (RFC 9000 section 9.5).
+            active=True,
         )
 
         def move() -> None:
