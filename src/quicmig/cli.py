@@ -60,9 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # The command comes first; `quicmig --help` and `quicmig --version` select none.
     selected = args_list[0] if args_list and not args_list[0].startswith("-") else None
-    parser = build_parser(selected)
-    args = parser.parse_args(args_list)
     try:
+        # Inside the try: Ctrl-C while the command's module is still importing is common.
+        args = build_parser(selected).parse_args(args_list)
         code: int = args.handler(args)
         return code
     except QuicmigError as exc:

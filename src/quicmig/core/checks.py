@@ -11,7 +11,7 @@ from __future__ import annotations
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.results import Check, MigrationResult, NetworkChange, Transfer, Verdict
 from quicmig.core.tracker import ObservedMigration, ServerAddressUse
-from quicmig.model.scenario import Expectation
+from quicmig.model.scenario import Expectation, Stream, Workload
 
 AMPLIFICATION_FACTOR = 3  # RFC 9000 section 8.1: at most 3x the bytes received, unvalidated
 
@@ -234,11 +234,33 @@ def transfer_check(transfer: Transfer) -> Check:
     )
 
 
-def verdict(checks: list[Check]) -> tuple[Verdict, list[str]]:
+def workload_checks(transfer: Transfer, spec: Workload) -> list[Check]:
+    """The transfer arrived (intact), and a constant-bitrate stream never stalled."""
+    checks = [transfer_check(transfer)]
+    if isinstance(spec, Stream):
+        stalls = transfer.detail.get("stalls", 0)
+        checks.append(
+            Check(
+                "no-stall",
+                stalls == 0,
+                f"{stalls} stalls longer than {spec.stall:g} s "
+                f"(longest {transfer.detail.get('longest_stall', 0.0):.3f} s)",
+            )
+        )
+    return checks
+
+
+def verdict(checks: list[Check], ran_as_written: bool = True) -> tuple[Verdict, list[str]]:
+    """Failed checks fail the run, then unsupported ones make it unsupported. With
+    `ran_as_written` False (a backend could not apply part of the scenario: its unsupported
+    checks say which) unsupported comes first: what failed was observed, but on a run that
+    was not the scenario, so it cannot say that the scenario fails."""
     failed = [f"{c.name}: {c.detail}" for c in checks if c.passed is False]
+    unsupported = [f"{c.name}: {c.detail}" for c in checks if c.passed is None]
+    if unsupported and not ran_as_written:
+        return Verdict.UNSUPPORTED, unsupported + failed
     if failed:
         return Verdict.FAILED, failed
-    unsupported = [f"{c.name}: {c.detail}" for c in checks if c.passed is None]
     if unsupported:
         return Verdict.UNSUPPORTED, unsupported
     return Verdict.PASSED, []

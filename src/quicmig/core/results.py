@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from quicmig.errors import QuicmigError
 
 SCHEMA = "quicmig.result/1"
 
@@ -111,5 +114,10 @@ class Result:
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file, so a failure leaves nothing half-written."""
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise QuicmigError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -115,11 +115,41 @@ class _Request:
 
 
 class RequestWorkload(ClientWorkload):
-    """Requests on demand over the message protocol, each answered through a future."""
+    """Requests on demand over the message protocol, each answered through a future.
 
-    def __init__(self, conn: QuicConnection) -> None:
+    It can carry a scenario's own workload (`scenario`: the simulator's DownloadClient,
+    MessagesClient or StreamClient), started with the connection as in the simulator; streams
+    that are not requests made here are that workload's, and `scenario_done` is set when it
+    completes or fails.
+    """
+
+    def __init__(self, conn: QuicConnection, scenario: ClientWorkload | None = None) -> None:
         super().__init__(conn)
         self.requests: dict[int, _Request] = {}
+        self.scenario = scenario
+        self.scenario_done = asyncio.Event()
+
+    def start(self, now: float) -> None:
+        super().start(now)
+        if self.scenario is not None:
+            self.scenario.start(now)
+
+    def get_timer(self) -> float | None:
+        running = self._running_scenario()
+        return running.get_timer() if running is not None else None
+
+    def handle_timer(self, now: float) -> None:
+        running = self._running_scenario()
+        if running is not None:
+            running.handle_timer(now)
+            self._note_scenario()
+
+    def _running_scenario(self) -> ClientWorkload | None:
+        return self.scenario if self.scenario is not None and not self.scenario.done else None
+
+    def _note_scenario(self) -> None:
+        if self.scenario is not None and self.scenario.done:
+            self.scenario_done.set()
 
     def open(
         self,
@@ -139,6 +169,9 @@ class RequestWorkload(ClientWorkload):
         super().stream_data(stream_id, data, end_stream, now)
         request = self.requests.get(stream_id)
         if request is None:
+            if self.scenario is not None:
+                self.scenario.stream_data(stream_id, data, end_stream, now)
+                self._note_scenario()
             return
         request.received += len(data)
         request.sha256.update(data)
@@ -154,7 +187,10 @@ class RequestWorkload(ClientWorkload):
 
     def stream_reset(self, stream_id: int, now: float) -> None:
         request = self.requests.pop(stream_id, None)
-        if request is not None and not request.future.done():
+        if request is None and self.scenario is not None:
+            self.scenario.stream_reset(stream_id, now)
+            self._note_scenario()
+        elif request is not None and not request.future.done():
             request.future.set_exception(
                 QuicmigError(f"the server refused request on stream {stream_id}")
             )
@@ -164,6 +200,10 @@ class RequestWorkload(ClientWorkload):
             if not request.future.done():
                 request.future.set_exception(error)
         self.requests.clear()
+        running = self._running_scenario()
+        if running is not None:
+            running.failed = str(error)
+        self.scenario_done.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +234,14 @@ class LiveClient:
         secrets_log: TextIO | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         honour_disable_migration: bool = True,
+        clock: Callable[[], float] | None = None,
+        workload: Callable[[QuicConnection], ClientWorkload] | None = None,
     ) -> None:
         """`honour_disable_migration`: refuse ip-change and network-switch once the server
         sent disable_active_migration (RFC 9000 section 18.2); False migrates anyway, to show
-        what the server does then."""
+        what the server does then. `clock` (seconds): the run's clock, so that the client's
+        times compare with the server tracker's; by default the time since connect().
+        `workload`: makes a scenario workload for the connection (see RequestWorkload)."""
         if ca is None and not insecure:
             raise ValueError("give a CA to verify the server against, or insecure=True")
         self.server = server
@@ -242,12 +286,21 @@ class LiveClient:
         self._handshake: asyncio.Future[None] | None = None
         self._timer: Timer | None = None
         self._t0 = 0.0
+        self._clock = clock
+        self._scenario_workload = workload
         self._closed: Closed | None = None
 
     # --- clock and driver ---------------------------------------------------------------
 
     def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
         return asyncio.get_running_loop().time() - self._t0
+
+    @property
+    def closed(self) -> Closed | None:
+        """How the connection ended, once it has."""
+        return self._closed
 
     @property
     def local(self) -> Address:
@@ -260,7 +313,8 @@ class LiveClient:
         return self._workload
 
     def _make_workload(self, conn: QuicConnection) -> RequestWorkload:
-        self._workload = RequestWorkload(conn)
+        make = self._scenario_workload
+        self._workload = RequestWorkload(conn, make(conn) if make is not None else None)
         return self._workload
 
     def _endpoint(self) -> ClientEndpoint:
@@ -334,6 +388,7 @@ class LiveClient:
         """Open a socket on the first local address and complete the handshake."""
         loop = asyncio.get_running_loop()
         self._t0 = loop.time()
+        started = self.now()
         self._current = await self._open(self.addresses[0])
         self._workload = None
         endpoint = ClientEndpoint(
@@ -356,7 +411,7 @@ class LiveClient:
                 "server running? Start it with `quicmig server` (or `python quic_server.py`), "
                 "or point the client at it with --host/--port"
             ) from None
-        self.handshake_seconds = self.now()
+        self.handshake_seconds = self.now() - started
 
     async def aclose(self) -> None:
         """Send CONNECTION_CLOSE (if still open) and close every socket and the timer."""

@@ -5,7 +5,8 @@ The same Scenario as the simulator; the network in between is a `NetworkDriver`:
 
 1. starts the live server (`LiveServer`, the simulator's endpoint and tracker) on 127.0.0.1,
 2. asks the driver for the address the client must reach (`await driver.start(server)`),
-3. connects the live client there and starts the workload (downloads only, for now),
+3. connects the live client there; the scenario's workload (the simulator's own download,
+   messages or stream client) starts with the connection,
 4. applies the timeline in real time, on the server's clock (seconds since it started):
    each event the driver supports (`driver.unsupported(event)` returns None) is applied with
    `await driver.apply(event)`, which returns the NetworkChange that really happened; the
@@ -36,16 +37,16 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from quicmig.core import checks as check_mod
-from quicmig.core.app import Delivery
+from quicmig.core.app import DownloadClient, make_workload
 from quicmig.core.datagram import Address, format_address
-from quicmig.core.measure import migration_results, series_of
-from quicmig.core.results import Check, NetworkChange, Result, Transfer
-from quicmig.errors import InputError, QuicmigError
+from quicmig.core.measure import migration_results, series_of, transfer_result
+from quicmig.core.results import Check, NetworkChange, Result
+from quicmig.errors import QuicmigError
 from quicmig.live import netns
 from quicmig.live.certs import CertPaths, write
 from quicmig.live.client import LiveClient
 from quicmig.live.server import LiveServer
-from quicmig.model.scenario import CidRotate, Download, NatRebind, Scenario, TimelineEvent
+from quicmig.model.scenario import CidRotate, NatRebind, Scenario, TimelineEvent
 
 LINGER = 1.0  # seconds after the workload for the last validations to land
 
@@ -118,11 +119,6 @@ def expand(scenario: Scenario) -> list[TimelineEvent]:
 
 
 async def run_live(scenario: Scenario, driver: NetworkDriver, options: LiveOptions) -> Result:
-    if not isinstance(scenario.workload, Download):
-        raise InputError(
-            f"scenario {scenario.name}: live backends run download workloads only so far; "
-            f"this one is {type(scenario.workload).__name__.lower()} (use --backend sim)"
-        )
     wall_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quicmig-live-") as folder:
         certs = CertPaths.in_dir(Path(folder))
@@ -162,10 +158,8 @@ async def _run(
     placement: Placement,
     wall_start: float,
 ) -> Result:
-    assert isinstance(scenario.workload, Download)
-    size = scenario.workload.size
     changes: list[NetworkChange] = []
-    checks: list[Check] = []
+    checks: list[Check] = []  # what this backend could not do (passed=None), the connection
     for setting, missing in (
         ("client-failover_after_s", scenario.client.failover_after is not None),
         ("server-preferred_address", scenario.server.preferred_address is not None),
@@ -173,19 +167,22 @@ async def _run(
     ):
         if missing:
             checks.append(Check(setting, None, f"the {driver.name} backend does not apply it yet"))
-    delivery = Delivery()  # what the client's application received, when
     client = LiveClient(
         target,
         ca=certs.ca,
         server_name="localhost",
         addresses=placement.client_addresses,
         honour_disable_migration=scenario.quic.honour_disable_migration,
+        clock=server.now,  # one clock for the workload's deliveries and the server's tracker
+        # The simulator's own workload, started with the connection as in the simulator.
+        workload=lambda conn: make_workload(conn, scenario.workload, options.seed),
     )
     async with client:
         keepalive = scenario.client.keepalive or placement.client_keepalive
         if keepalive is not None and client.endpoint is not None:
             client.endpoint.keepalive = keepalive
-        started = server.now()
+        workload = client.workload.scenario
+        assert workload is not None
 
         async def timeline() -> None:
             for event in expand(scenario):
@@ -203,17 +200,14 @@ async def _run(
                     continue
                 changes.append(await driver.apply(event, server.now()))
 
-        def progress(received: int) -> None:
-            delivery.add(server.now(), received - delivery.total)
-
         events = asyncio.ensure_future(timeline())
-        download = None
-        try:
-            download = await client.download(
-                size, seed=scenario_seed(options), on_progress=progress, timeout=scenario.duration
+        # The workload ends, or the connection does, or the scenario's time is up.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                client.workload.scenario_done.wait(), max(0.0, scenario.duration - server.now())
             )
-        except QuicmigError as exc:
-            checks.append(Check("workload", False, str(exc)))
+        if client.closed is not None:
+            checks.append(Check("connection", False, f"closed: {client.closed.reason}"))
         # Events due during a short linger still run; the rest of the timeline is cut.
         await asyncio.sleep(min(LINGER, max(0.0, scenario.duration - server.now())))
         events.cancel()
@@ -226,20 +220,19 @@ async def _run(
         run_end = server.now()
     live = server.connections[0].server_conn
     tracker = live.tracker
-    done_at = download.seconds + started if download is not None else None
-    transfer = Transfer(
-        workload="download",
-        bytes=download.received if download else 0,
-        expected_bytes=size,
-        intact=download.intact if download else False,
-        started_at=started,
-        completed_at=done_at if download is not None and download.intact else None,
-        sha256=download.sha256 if download else None,
+    digest = (
+        live.app.sent_digests.get(workload.stream_id)
+        if isinstance(workload, DownloadClient)
+        else None
     )
-    migrations = migration_results(tracker, changes, delivery.times, done_at, run_end)
+    transfer = transfer_result(workload, digest, run_end)
+    migrations = migration_results(
+        tracker, changes, workload.delivery.times, workload.completed_at, run_end
+    )
     challenges = tracker.first_packet_challenges
+    not_applied = any(c.passed is None for c in checks)
     checks = [
-        check_mod.transfer_check(transfer),
+        *check_mod.workload_checks(transfer, scenario.workload),
         *check_mod.migration_checks(
             scenario.expect,
             migrations,
@@ -251,7 +244,7 @@ async def _run(
         ),
         *checks,
     ]
-    verdict, reasons = check_mod.verdict(checks)
+    verdict, reasons = check_mod.verdict(checks, ran_as_written=not not_applied)
     wall = time.perf_counter() - wall_start
     return Result(
         scenario=scenario.name,
@@ -273,15 +266,10 @@ async def _run(
             **driver.stats(),
         },
         wall={"seconds": wall, "datagrams_per_second": 0.0, "speedup": run_end / wall},
-        series=series_of(delivery, tracker),
+        series=series_of(workload.delivery, tracker),
         files={
             kind: str(path)
             for kind, path in (("keylog", options.keylog), ("qlog", options.qlog_dir))
             if path is not None
         },
     )
-
-
-def scenario_seed(options: LiveOptions) -> int:
-    """The content seed of the download (the body depends on it, the checks do not)."""
-    return options.seed

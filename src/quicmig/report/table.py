@@ -118,7 +118,10 @@ def print_result(console: Console, result: Result, why: str = "") -> None:
         + (f" — {why}" if why and result.verdict.value != "passed" else "")
     )
     wall = result.wall.get("seconds", 0.0)
-    if wall:
+    if wall and result.backend != "sim":
+        # A live run's length is real time; the rest of the wall time is set-up.
+        console.print(f"[dim]{sim:.3f} s of real traffic, {wall:.2f} s with set-up[/dim]")
+    elif wall:
         console.print(
             f"[dim]{sim:.3f} s simulated in {wall:.2f} s wall "
             f"({result.wall.get('speedup', 0.0):.1f}x real time, "

@@ -45,7 +45,6 @@ from quicmig.model.scenario import (
     LinkChange,
     NatRebind,
     Scenario,
-    Stream,
     Switch,
     SwitchMode,
     TimelineEvent,
@@ -484,17 +483,7 @@ class Simulation:
             if index == 0:
                 series = series_of(workload.delivery, tracker)
         transfer = transfers[0] if len(transfers) == 1 else _combine(transfers)
-        checks.append(check_mod.transfer_check(transfer))
-        if isinstance(scenario.workload, Stream):
-            stalls = transfer.detail.get("stalls", 0)
-            checks.append(
-                Check(
-                    "no-stall",
-                    stalls == 0,
-                    f"{stalls} stalls longer than {scenario.workload.stall:g} s "
-                    f"(longest {transfer.detail.get('longest_stall', 0.0):.3f} s)",
-                )
-            )
+        checks += check_mod.workload_checks(transfer, scenario.workload)
         attack_sources = [a.source for a in scenario.attackers]
         if attack_sources:
             # Moves to and from an attacker's address are judged by the attack checks.
