@@ -242,3 +242,107 @@ def test_tshark_missing_or_too_old(
     code, err = run_cli(["check", str(capture.pcap), "--keylog", str(capture.keylog)], capsys)
     assert code == 1 and "tshark 3.2.3 is too old" in err and err.count("\n") == 1
     assert os.environ["PATH"] == str(empty)
+
+
+def merge(tmp_path: Path, name: str, *captures: SimCapture) -> Path:
+    """One capture holding several runs' packets, as mergecap (Wireshark's) makes it."""
+    merged = tmp_path / name
+    if shutil.which("mergecap") is None:
+        pytest.skip("mergecap is not installed (it comes with tshark)")
+    command = ["mergecap", "-F", "pcap", "-w", str(merged), *(str(c.pcap) for c in captures)]
+    subprocess.run(command, capture_output=True, check=True, timeout=60)
+    return merged
+
+
+def test_a_connection_the_key_log_cannot_decrypt_is_named_and_not_passed(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs in one capture, the key log of one: the other's port changes are hidden."""
+    rebinding, other = sim_capture("nat-rebinding"), sim_capture("rebind-port")
+    merged = merge(tmp_path, "two.pcap", rebinding, other)
+    code, report, text = check(merged, tmp_path, capsys, keylog=rebinding.keylog)
+    assert code == 1
+    assert report["verdict"] == "unsupported"
+    hidden = [c for c in report["connections"] if c["undecrypted"]]
+    (conn,) = hidden
+    assert conn["datagrams_1rtt"] > 0 and conn["decrypted"] == 0
+    assert len(conn["paths"]) > 1, "its client moved, but only the UDP header shows it"
+    checks = {c["name"]: (c["passed"], c["detail"]) for c in report["checks"]}
+    passed, detail = checks["all-connections-decrypted"]
+    assert passed is None
+    # Named by what is in the clear: the client's address, the Initial DCID, and the
+    # ClientHello's random, which is how the missing key log is keyed.
+    (random,) = {
+        line.split()[1]
+        for line in other.keylog.read_text().splitlines()
+        if line.startswith("CLIENT_TRAFFIC_SECRET_0")
+    }
+    assert conn["client_random"] == random
+    assert conn["paths"][0]["peer"] in detail and conn["initial_dcid"] in detail
+    assert random[:16] in detail and "key log missing for 1 of 2 connections" in detail
+    # The decrypted connection's checks still ran, and passed.
+    assert checks["first-packet-challenge"][0] is True
+    assert f"⚠ {detail}" in text.splitlines()  # said in one line, not wrapped
+    # With both key logs (concatenated, as the message says) every connection is checked.
+    both = tmp_path / "both.keys"
+    both.write_text(rebinding.keylog.read_text() + other.keylog.read_text())
+    code, report, _ = check(merged, tmp_path, capsys, keylog=both)
+    assert code == 0 and report["verdict"] == "passed"
+    assert not any(c["undecrypted"] for c in report["connections"])
+    assert sum(len(c["migrations"]) for c in report["connections"]) == len(
+        rebinding.result.migrations
+    ) + len(other.result.migrations)
+
+
+def test_no_migration_is_not_claimed_when_a_connection_is_hidden(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    still, moved = sim_capture("cid-rotation"), sim_capture("nat-rebinding")
+    merged = merge(tmp_path, "hidden.pcap", still, moved)
+    code, report, _ = check(merged, tmp_path, capsys, "-q", keylog=still.keylog)
+    assert code == 1 and report["verdict"] == "unsupported"
+    checks = {c["name"]: c["passed"] for c in report["checks"]}
+    assert checks == {"multiple-paths": None, "all-connections-decrypted": None}
+
+
+def test_capture_cut_short_is_analysed_up_to_the_cut(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer killed mid-packet: the whole packets before the cut are checked, with a
+    one-line warning (the migration is early in the capture, the cut late)."""
+    capture = sim_capture("nat-rebinding")
+    data = capture.pcap.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) * 9 // 10 - 7])
+    out = tmp_path / "cut.json"
+    code = main(["check", str(cut), "--keylog", str(capture.keylog), "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "passed"
+    assert_same_migrations(report, capture.result)
+    (warning,) = report["warnings"]
+    assert "cut short in the middle of a packet" in warning
+    assert err == f"quicmig: warning: {warning}\n"
+    # Cut before the first whole packet: nothing to analyse, an error.
+    empty = tmp_path / "header-only.pcap"
+    empty.write_bytes(data[:30])
+    code, err = run_cli(["check", str(empty), "--keylog", str(capture.keylog)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cut short" in err
+
+
+def test_output_paths_are_checked_before_running(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = sim_capture("nat-rebinding")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    base = ["check", str(capture.pcap), "--keylog", str(capture.keylog), "--json"]
+    for target, expected in (
+        (folder, "is a directory"),
+        (Path("/proc/x.json"), "cannot create files in /proc"),
+        (tmp_path / "missing" / "x.json", "does not exist"),
+    ):
+        code, err = run_cli([*base, str(target)], capsys)
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

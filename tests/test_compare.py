@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,63 @@ def test_one_file_is_not_a_comparison(
 ) -> None:
     assert main(["compare", str(results["sim"])]) == 2
     assert "at least two result files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("checks", [1], "field `checks[0]` must be an object, not 1"),
+        ("seed", [1], "field `seed` must be an integer, not [1]"),
+        ("seed", True, "field `seed` must be an integer, not true"),
+        ("scenario", {"a": 1}, "field `scenario` must be a string"),
+        ("transfer", [], "field `transfer` must be an object, not []"),
+        ("migrations", {}, "field `migrations` must be a list"),
+        ("stats", {"quic_extensions": 3}, "field `stats.quic_extensions` must be a list or null"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_one_line_errors(
+    results: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    field: str,
+    value: Any,
+    message: str,
+) -> None:
+    """The schema is right, a field is not: named with its file, exit 2, no traceback."""
+    data = _load(results["proxy"])
+    data[field] = value
+    bad = tmp_path / "typed.json"
+    bad.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["compare", str(results["sim"]), str(bad)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"quicmig: error: {bad}: {message}")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["checks"].__setitem__(0, {"name": 3, "passed": True}), "`checks[0].name`"),
+        (lambda d: d["checks"][0].pop("passed"), "`checks[0].passed` is missing"),
+        (lambda d: d["migrations"][0].__setitem__("observed", None), "`migrations[0].observed`"),
+        (lambda d: d["migrations"][0].__setitem__("interruption", "long"), "a number or null"),
+        (lambda d: d["transfer"].__setitem__("bytes", 1.5), "`transfer.bytes` must be an int"),
+    ],
+)
+def test_nested_fields_are_checked_too(
+    results: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: Callable[[dict[str, Any]], object],
+    message: str,
+) -> None:
+    data = _load(results["proxy"])
+    edit(data)
+    bad = tmp_path / "nested.json"
+    bad.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["compare", str(bad), str(results["sim"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"quicmig: error: {bad}: field ")
+    assert message in err, err

@@ -1,9 +1,11 @@
 """`quicmig proxy` on loopback: impairments measured, rebindings seen by real servers.
 
-Impairments are measured with a plain UDP echo behind the proxy (what arrived, when); the
-rebindings with the project's live server (its MigrationTracker) and with an aioquic client
-and server built only from aioquic's public API (`aioquic.asyncio.serve` / `connect`), whose
-capture `quicmig check` then judges. Ports are ephemeral; every test is bounded in time.
+Impairments are measured with a plain UDP echo behind the proxy (what arrived, when), and
+delay and rate again over a real aioquic connection (the live server's own RTT estimates, a
+download's goodput); the rebindings with the project's live server (its MigrationTracker)
+and with an aioquic client and server built only from aioquic's public API
+(`aioquic.asyncio.serve` / `connect`), whose capture `quicmig check` then judges. Ports are
+ephemeral; every test is bounded in time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -23,7 +27,7 @@ import pytest
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.server import serve
 from aioquic.quic.configuration import QuicConfiguration
-from conftest import loss_runs
+from conftest import loss_runs, start_quicmig, stop_process
 from conftest import run_bounded as run
 
 from quicmig.cli import main
@@ -189,6 +193,60 @@ def test_rate_limit_and_queue() -> None:
     # while the sender is still sending (more of them when a loaded machine sends slowly).
     drained = sending / ((size + 28) * 8 / 8e6)
     assert 10 <= got <= 11 + drained + 2, (got, sending)
+
+
+async def through_proxy(
+    certs: CertPaths, profile: LinkProfile, size: int
+) -> tuple[list[float], list[float], float, int, list[tuple[float, int]]]:
+    """Download `size` bytes from the live server through a proxy with `profile`.
+
+    Returns what aioquic's own recovery measured on the server's side (every RTT sample and
+    the smoothed RTT after each, seconds; via the tracker's qlog tap), the client's download
+    time (request sent to last byte, seconds), the bytes received, and (time, bytes) as
+    they arrived.
+    """
+    async with LiveServer(certs, [(LOOPBACK, 0)], log=lambda line: None) as server:
+        config = ProxyConfig(listen=(LOOPBACK, 0), upstream=server.addresses[0], profile=profile)
+        async with Proxy(config, log=lambda line: None) as proxy:
+            loop = asyncio.get_running_loop()
+            arrivals: list[tuple[float, int]] = []
+            async with LiveClient(proxy.local, ca=certs.ca, server_name="localhost") as client:
+                download = await client.download(
+                    size, on_progress=lambda n: arrivals.append((loop.time(), n)), timeout=15.0
+                )
+        assert download.intact
+        recovery = server.connections[0].server_conn.tracker.recovery
+    latest = [r.latest_rtt for r in recovery if r.latest_rtt is not None]
+    smoothed = [r.smoothed_rtt for r in recovery if r.smoothed_rtt is not None]
+    return latest, smoothed, download.seconds, download.received, arrivals
+
+
+def test_delay_is_what_aioquic_measures_as_round_trip_time(certs: CertPaths) -> None:
+    """A one-way delay D each way: the server's aioquic sees a minimum RTT of 2D (plus the
+    loopback and the loop's scheduling: at most a few ms) and a smoothed RTT close to it."""
+    delay = 0.020  # seconds, each direction
+    latest, smoothed, _, _, _ = run(through_proxy(certs, LinkProfile(delay=delay), 300_000))
+    assert len(latest) >= 20, "RTT samples from the download's ACKs"
+    # Lower bound: the proxy never delivers early (its timer fires at the due time, not
+    # before; 0.5 ms slack for the clock). Upper: measured 0.8-1.9 ms above on a loaded
+    # 2-core machine; 10 ms is far below a second round trip, so a wrong delay still fails.
+    assert 2 * delay - 0.0005 <= min(latest) <= 2 * delay + 0.010, min(latest)
+    assert 2 * delay - 0.0005 <= smoothed[-1] <= 2 * delay + 0.020, smoothed[-1]
+
+
+def test_rate_limit_bounds_the_goodput_of_a_real_download(certs: CertPaths) -> None:
+    """A rate limit R (on IP bytes, each direction): a download's goodput is below R, since
+    QUIC, UDP and IP headers share the link, and near it, since aioquic's congestion
+    control keeps a queue of 30 packets busy (measured 0.93 R, loaded or not)."""
+    rate, size = 5e6, 1_000_000  # bits per second, bytes: about 1.7 s
+    profile = LinkProfile(delay=0.010, rate=rate, queue=30)
+    _, _, seconds, received, arrivals = run(through_proxy(certs, profile, size))
+    goodput = received * 8 / seconds
+    assert 0.75 * rate <= goodput < rate, goodput / rate
+    # Past slow start the link is the bottleneck: the last three quarters arrive at R too.
+    start = next(at for at, count in arrivals if count >= size // 4)
+    steady = (size - size // 4) * 8 / (arrivals[-1][0] - start)
+    assert 0.8 * rate <= steady <= 1.02 * rate, steady / rate
 
 
 async def download_through(
@@ -408,6 +466,14 @@ def test_bad_input_one_line(capsys: pytest.CaptureFixture[str]) -> None:
             (["proxy", "--listen", f"127.0.0.1:{port}", "--control", "off"], 1, "already in use"),
             (["proxy", "ctl", "rebind", "--control", f"127.0.0.1:{port}"], 1, "no proxy answers"),
             (["proxy", "nonsense"], 2, "quicmig proxy ctl ACTION"),
+            (["proxy", "--duration", "-1"], 2, "--duration -1: must be > 0 seconds"),
+            (["proxy", "--duration", "nan"], 2, "--duration nan: give a finite number"),
+            (["proxy", "--first-rebind", "inf"], 2, "--first-rebind inf: give a finite"),
+            (["proxy", "--queue-packets", "2.7"], 2, "--queue-packets 2.7: give a whole number"),
+            (["proxy", "--control", "10.0.0.1:4439"], 2, "--control 10.0.0.1:4439: use a loop"),
+            (["proxy", "--control", "0.0.0.0:4439"], 2, "use a loopback address"),
+            (["proxy", "ctl", "status", "--control", "192.0.2.1:4439"], 2, "use a loopback"),
+            (["proxy", "ctl", "status", "--control", "off"], 2, "give the running proxy's"),
         ]
         for argv, code, text in cases:
             assert main(argv) == code, argv
@@ -479,3 +545,115 @@ def test_profile_switch_schedule_changes_the_link() -> None:
     assert any("switch: ideal → cellular" in line for line in log), log
     assert any("blackhole for 0.05 s" in line for line in log), log
     assert any("blackhole over" in line for line in log), log
+
+
+@pytest.mark.parametrize("taken_by", ["--control", "--listen"])
+def test_startup_failure_leaves_no_pcap_and_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], taken_by: str
+) -> None:
+    """A port in use: one line naming the flag that chooses it, exit 1, nothing printed on
+    stdout (no `proxy done`), and no pcap, since nothing was bound when it would be opened."""
+    pcap = tmp_path / "never.pcap"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        port = taken.getsockname()[1]
+        ports = {"--control": f"{LOOPBACK}:0", "--listen": f"{LOOPBACK}:0"}
+        ports[taken_by] = f"{LOOPBACK}:{port}"
+        argv = ["proxy", "--upstream", f"{LOOPBACK}:9", "--pcap", str(pcap), "--duration", "5"]
+        argv += ["--listen", ports["--listen"], "--control", ports["--control"]]
+        assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and f"UDP port {port} on {LOOPBACK} is already in use" in err
+    assert taken_by in err and "--port" not in err, err
+    assert not pcap.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_pcap_output_is_checked_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["proxy", "--listen", f"{LOOPBACK}:0", "--control", "off", "--duration", "5"]
+    for target, text in (
+        (tmp_path, "is a directory"),
+        (Path("/proc/x.pcap"), "cannot create files in /proc"),
+        (tmp_path / "no" / "x.pcap", "does not exist"),
+    ):
+        assert main([*base, "--pcap", str(target)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and text in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+DONE_LINE = re.compile(
+    r"proxy done: (\d+) datagrams from the client, (\d+) to the upstream, (\d+) back, "
+    r"(\d+) to the client"
+)
+
+
+def pcap_records(path: Path) -> int:
+    """Records in a classic pcap; fails if the file ends inside one."""
+    data = path.read_bytes()
+    assert data[:4] == b"\xd4\xc3\xb2\xa1"
+    offset, count = 24, 0
+    while offset < len(data):
+        assert offset + 16 <= len(data), "cut short inside a record header"
+        length = struct.unpack_from("<I", data, offset + 8)[0]
+        offset += 16 + length
+        assert offset <= len(data), "cut short inside a packet"
+        count += 1
+    return count
+
+
+def test_sigterm_stops_the_proxy_cleanly_with_a_whole_pcap(
+    certs: CertPaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kill -TERM` in the middle of a download: exit 0, the counters printed, and a pcap
+    holding exactly the datagrams counted, each whole (the default action of SIGTERM killed
+    the process with the last buffered packets half-written)."""
+    pcap, keys = tmp_path / "term.pcap", tmp_path / "term.keys"
+
+    async def scenario() -> tuple[int | None, str]:
+        async with LiveServer(
+            certs, [(LOOPBACK, 0)], secrets_log=keys, log=lambda line: None
+        ) as server:
+            upstream = format_address(server.addresses[0])
+            proxy, line = await start_quicmig(
+                ["proxy", "--listen", f"{LOOPBACK}:0", "--upstream", upstream, "--control",
+                 "off", "--delay-ms", "5", "--pcap", str(pcap), "--duration", "30"],
+                re.compile(r"quicmig proxy: 127\.0\.0\.1:\d+ →"),
+            )  # fmt: skip
+            try:
+                listen = (LOOPBACK, int(re.findall(r"127\.0\.0\.1:(\d+) →", line)[0]))
+                sent = asyncio.Event()
+
+                def halfway(received: int) -> None:
+                    if received >= 1_000_000 and not sent.is_set():
+                        sent.set()
+                        proxy.send_signal(signal.SIGTERM)
+
+                async with LiveClient(listen, ca=certs.ca, server_name="localhost") as client:
+                    download = asyncio.ensure_future(
+                        client.download(3_000_000, on_progress=halfway, timeout=15.0)
+                    )
+                    await asyncio.wait_for(proxy.wait(), 10.0)
+                    assert sent.is_set() and not download.done(), "stopped mid-download"
+                    download.cancel()
+                    await asyncio.gather(download, return_exceptions=True)
+                assert proxy.stdout is not None
+                rest = (await proxy.stdout.read()).decode()
+            finally:
+                await stop_process(proxy)
+        return proxy.returncode, rest
+
+    code, output = run(scenario())
+    assert code == 0, output
+    assert "proxy stopped (SIGTERM)" in output
+    match = DONE_LINE.search(output)
+    assert match is not None, output
+    counted = sum(int(n) for n in match.groups())
+    assert counted > 500 and pcap_records(pcap) == counted
+    if shutil.which("tshark") is not None:  # `quicmig check` reads all of it, no warning
+        capsys.readouterr()
+        main(["check", str(pcap), "--keylog", str(keys), "-q"])
+        out, err = capsys.readouterr()
+        assert err == "" and "unsupported" not in out, (out, err)

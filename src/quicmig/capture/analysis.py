@@ -22,6 +22,12 @@ PATH_CHALLENGE (either direction) answered by a PATH_RESPONSE with the same data
 `active=True` (the user says the client moved on purpose: a capture cannot tell that from a
 NAT rebinding) a new DCID on every new path (section 9.5). A capture in which no connection
 changed path gives the verdict failed, with "no migration in this capture" as the reason.
+
+A connection whose 1-RTT packets tshark could not decrypt (the key log lacks its secrets)
+cannot be judged: its frames, and so its migrations, are hidden. It is named by what is in
+the clear (addresses, the Initial's DCID, the ClientHello's random, which key logs are keyed
+by) and makes the verdict unsupported, never passed; with no migration in the decrypted
+connections, "no migration" cannot be claimed either.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ PADDING, PING_FRAME, NEW_CONNECTION_ID = 0x00, 0x01, 0x18
 PATH_CHALLENGE, PATH_RESPONSE = 0x1A, 0x1B
 PROBING = frozenset({PADDING, NEW_CONNECTION_ID, PATH_CHALLENGE, PATH_RESPONSE})
 NO_MIGRATION = "no migration in this capture"
+KEYS_CHECK = "all-connections-decrypted"
+NAMED = 3  # undecrypted connections named in a one-line reason; the rest are counted
 
 
 @dataclass(slots=True)
@@ -113,6 +121,10 @@ class ConnectionView:
     paths: list[PathUse] = field(default_factory=list)
     switches: list[Switch] = field(default_factory=list)
     challenges: list[ChallengeSeen] = field(default_factory=list)
+    datagrams_1rtt: int = 0  # datagrams holding only a 1-RTT packet
+    decrypted: int = 0  # of those, the ones tshark could decrypt
+    initial_dcid: str | None = None  # DCID of the client's first packet, in the clear
+    client_random: str | None = None  # hex, from the ClientHello: what key logs are keyed by
     # tracking state
     _peer: Address | None = None
     _largest_pn: int = -1
@@ -128,6 +140,25 @@ class ConnectionView:
         self.paths.append(use)
         return use
 
+    @property
+    def undecrypted(self) -> bool:
+        """It has 1-RTT packets and tshark decrypted none: no secrets for it in the key log."""
+        return self.datagrams_1rtt > 0 and self.decrypted == 0
+
+    def describe(self) -> str:
+        """The connection by what is visible without its keys, in a few words."""
+        client = self.paths[0].peer if self.paths else "?"
+        known = [
+            f"{label} {value}"
+            for label, value in (
+                ("DCID", self.initial_dcid),
+                ("client random", self.client_random[:16] + "…" if self.client_random else None),
+            )
+            if value
+        ]
+        more = f", {len(self.paths)} client addresses" if len(self.paths) > 1 else ""
+        return f"#{self.number} {client} → {self.server} ({'; '.join(known) or 'no IDs'}{more})"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "connection": self.number,
@@ -136,6 +167,11 @@ class ConnectionView:
             "first_at": self.first_at,
             "last_at": self.last_at,
             "datagrams": self.datagrams,
+            "datagrams_1rtt": self.datagrams_1rtt,
+            "decrypted": self.decrypted,
+            "undecrypted": self.undecrypted,
+            "initial_dcid": self.initial_dcid,
+            "client_random": self.client_random,
             "paths": [asdict(p) for p in self.paths],
             "migrations": [s.to_dict() for s in self.switches],
             "challenges": [asdict(c) for c in self.challenges],
@@ -154,10 +190,15 @@ class CaptureReport:
     checks: list[Check]
     verdict: Verdict
     reasons: list[str]
+    warnings: list[str] = field(default_factory=list)  # e.g. the capture was cut short
 
     @property
     def migrated(self) -> bool:
         return any(c.switches for c in self.connections)
+
+    @property
+    def undecrypted(self) -> list[ConnectionView]:
+        return [c for c in self.connections if c.undecrypted]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +212,7 @@ class CaptureReport:
             "migrated": self.migrated,
             "verdict": self.verdict.value,
             "reasons": self.reasons,
+            "warnings": self.warnings,
             "checks": [asdict(c) for c in self.checks],
             "connections": [c.to_dict() for c in self.connections],
         }
@@ -248,6 +290,14 @@ def _follow(view: ConnectionView, datagrams: list[tuple[QuicDatagram, bool]], st
         peer = dgram.src if from_client else dgram.dst
         use = view.path(peer, at)
         sender = "client" if from_client else "server"
+        if dgram.only_short:
+            view.datagrams_1rtt += 1
+            view.decrypted += dgram.decrypted
+        if from_client:
+            if view.initial_dcid is None and dgram.dcids:
+                view.initial_dcid = dgram.dcids[0]
+            if view.client_random is None:
+                view.client_random = dgram.client_random
         for data in dgram.responses:  # answers challenges sent the other way
             challenge = pending.get(data)
             if challenge is not None and challenge.sender != sender and not challenge.answered_at:
@@ -319,6 +369,7 @@ def analyse(
     tshark: str,
     active: bool = False,
     quic_ports: tuple[int, ...] = (),
+    warnings: list[str] | None = None,
 ) -> CaptureReport:
     start = datagrams[0].at if datagrams else 0.0
     connections = []
@@ -338,12 +389,46 @@ def analyse(
         checks=checks,
         verdict=outcome,
         reasons=reasons,
+        warnings=list(warnings or []),
     )
 
 
 def capture_checks(connections: list[ConnectionView], active: bool) -> list[Check]:
+    hidden = [c for c in connections if c.undecrypted]
+    checks = _migration_checks(connections, active, hidden)
+    if hidden:
+        checks.append(Check(KEYS_CHECK, None, keys_missing(hidden, len(connections))))
+    return checks
+
+
+def keys_missing(hidden: list[ConnectionView], total: int) -> str:
+    """One line naming the connections whose 1-RTT packets did not decrypt, and the fix."""
+    named = "; ".join(c.describe() for c in hidden[:NAMED])
+    if len(hidden) > NAMED:
+        named += f"; and {len(hidden) - NAMED} more"
+    its = "its" if len(hidden) == 1 else "their"
+    return (
+        f"key log missing for {len(hidden)} of {total} connections: {named}: {its} 1-RTT "
+        f"packets did not decrypt, so {its} migrations cannot be checked; pass a key log "
+        f"holding {its} secrets too (concatenate key logs: cat a.keys b.keys > all.keys)"
+    )
+
+
+def _migration_checks(
+    connections: list[ConnectionView], active: bool, hidden: list[ConnectionView]
+) -> list[Check]:
     switches = [s for c in connections for s in c.switches]
     moved = [c for c in connections if c.switches]
+    if not moved and hidden:
+        return [
+            Check(
+                "multiple-paths",
+                None,
+                f"no migration in the {len(connections) - len(hidden)} decrypted connections; "
+                f"{len(hidden)} more could not be decrypted, and a migration in them cannot be "
+                "told from their encrypted packets",
+            )
+        ]
     if not moved:
         most = max((len(c.paths) for c in connections), default=0)
         detail = (

@@ -2,8 +2,9 @@
 
 One tshark run (`-T fields`) gives one row per UDP datagram that tshark dissects as QUIC:
 addresses, the header form and DCID of each coalesced packet, the packet number, the frame
-types and PATH_CHALLENGE / PATH_RESPONSE data. Fields of coalesced packets come flattened per
-datagram; a short-header (1-RTT) packet is always the last one in a datagram (RFC 9000
+types, PATH_CHALLENGE / PATH_RESPONSE data and the ClientHello's random (what a key log is
+keyed by, so a connection without secrets can be named). Fields of coalesced packets come
+flattened per datagram; a short-header (1-RTT) packet is always the last one in a datagram (RFC 9000
 section 12.2), so the last header form, DCID and packet number are the 1-RTT packet's.
 """
 
@@ -50,7 +51,11 @@ FIELDS = (
     "quic.frame_type",
     "quic.path_challenge.data",
     "quic.path_response.data",
+    "tls.handshake.type",
+    "tls.handshake.random",
 )
+CLIENT_HELLO, SERVER_HELLO = 1, 2  # TLS handshake types: the two messages with a random
+CUT_SHORT = "cut short in the middle of a packet"  # tshark, on a capture whose writer died
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class QuicDatagram:
     frames: tuple[int, ...]  # frame types of every decrypted packet in the datagram
     challenges: tuple[str, ...]  # PATH_CHALLENGE data, hex
     responses: tuple[str, ...]  # PATH_RESPONSE data, hex
+    client_random: str | None = None  # hex, of a ClientHello in this datagram (the key log's key)
 
     @property
     def has_short(self) -> bool:
@@ -166,6 +172,8 @@ def parse_rows(output: str) -> list[QuicDatagram]:
             frames,
             challenges,
             responses,
+            hs_types,
+            randoms,
         ) = cols
         src_host = ip_src or ip6_src
         dst_host = ip_dst or ip6_dst
@@ -178,6 +186,12 @@ def parse_rows(output: str) -> list[QuicDatagram]:
         if header_forms and header_forms[-1] == 0 and len(numbers) == len(header_forms):
             short_pn = numbers[-1]
         conn_numbers = _ints(conn)
+        # Only hello messages carry a random: line the randoms up with those.
+        hellos = [t for t in _ints(hs_types) if t in (CLIENT_HELLO, SERVER_HELLO)]
+        hello_randoms = _hexes(randoms)
+        client_random = None
+        if CLIENT_HELLO in hellos and len(hellos) == len(hello_randoms):
+            client_random = hello_randoms[hellos.index(CLIENT_HELLO)]
         datagrams.append(
             QuicDatagram(
                 number=int(number),
@@ -192,13 +206,17 @@ def parse_rows(output: str) -> list[QuicDatagram]:
                 frames=_ints(frames),
                 challenges=_hexes(challenges),
                 responses=_hexes(responses),
+                client_random=client_random,
             )
         )
     return datagrams
 
 
 def read_datagrams(
-    capture: Path, keylog: Path | None, quic_ports: tuple[int, ...] = ()
+    capture: Path,
+    keylog: Path | None,
+    quic_ports: tuple[int, ...] = (),
+    warnings: list[str] | None = None,
 ) -> list[QuicDatagram]:
     """Run tshark on `capture` (decrypting with `keylog`) and return its QUIC datagrams.
 
@@ -207,14 +225,30 @@ def read_datagrams(
     to decrypt. So when Initial packets go to more than one server address, each server's
     leg is cut out into its own temporary capture (`tshark -w` with an address filter) and
     read alone; frame numbers are mapped back to the original capture.
+
+    A capture cut short in the middle of a packet (its writer was killed) is read up to the
+    cut, with a line appended to `warnings`; one cut before any QUIC packet is an InputError.
     """
     check_capture_file(capture)
     if keylog is not None and not keylog.is_file():
         raise InputError(f"--keylog {keylog}: no such file")
-    datagrams = _tshark_fields(capture, keylog, quic_ports)
+    notes: list[str] = []
+    datagrams = _tshark_fields(capture, keylog, quic_ports, notes)
     servers = _initial_servers(datagrams)
-    if len(servers) <= 1:
-        return datagrams
+    if len(servers) > 1:
+        datagrams = _read_legs(capture, keylog, quic_ports, servers, notes)
+    if warnings is not None:
+        warnings.extend(dict.fromkeys(notes))  # once each, though every tshark run says it
+    return datagrams
+
+
+def _read_legs(
+    capture: Path,
+    keylog: Path | None,
+    quic_ports: tuple[int, ...],
+    servers: list[Address],
+    notes: list[str],
+) -> list[QuicDatagram]:
     exe, _ = find_tshark()
     out: list[QuicDatagram] = []
     with tempfile.TemporaryDirectory(prefix="quicmig-check-") as folder:
@@ -223,23 +257,10 @@ def read_datagrams(
             field_name = "ipv6" if ":" in host else "ip"
             leg_filter = f"{field_name}.addr=={host} && udp.port=={port}"
             leg = Path(folder) / f"leg{index}.pcapng"
-            _run([exe, "-n", "-r", str(capture), "-Y", leg_filter, "-w", str(leg)], capture)
-            numbers = _run(
-                [
-                    exe,
-                    "-n",
-                    "-r",
-                    str(capture),
-                    "-Y",
-                    leg_filter,
-                    "-T",
-                    "fields",
-                    "-e",
-                    "frame.number",
-                ],
-                capture,
-            ).split()
-            for dgram in _tshark_fields(leg, keylog, quic_ports):
+            read = [exe, "-n", "-r", str(capture), "-Y", leg_filter]
+            _run([*read, "-w", str(leg)], capture, notes, writes=True)
+            numbers = _run([*read, "-T", "fields", "-e", "frame.number"], capture, notes).split()
+            for dgram in _tshark_fields(leg, keylog, quic_ports, [], name=capture):
                 if dgram.src == server or dgram.dst == server:
                     out.append(replace(dgram, number=int(numbers[dgram.number - 1])))
     out.sort(key=lambda d: d.number)
@@ -263,7 +284,8 @@ def _initial_servers(datagrams: list[QuicDatagram]) -> list[Address]:
     return servers
 
 
-def _run(command: list[str], capture: Path) -> str:
+def _run(command: list[str], capture: Path, notes: list[str], *, writes: bool = False) -> str:
+    """tshark's output; `writes`: the command writes a capture (`-w`) rather than rows."""
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
@@ -275,13 +297,25 @@ def _run(command: list[str], capture: Path) -> str:
             if line.strip() and "dangerous" not in line and not line.startswith("Running as")
         ]
         detail = errors[0] if errors else f"exit status {proc.returncode}"
+        # tshark read every whole packet before the cut: analyse those rather than nothing.
+        if CUT_SHORT in proc.stderr and (proc.stdout.strip() or writes):
+            notes.append(
+                f"{capture} was {CUT_SHORT} (its writer was stopped while writing?); "
+                "analysing the packets before the cut"
+            )
+            return proc.stdout
         raise InputError(f"tshark cannot read {capture}: {detail}")
     return proc.stdout
 
 
 def _tshark_fields(
-    capture: Path, keylog: Path | None, quic_ports: tuple[int, ...]
+    capture: Path,
+    keylog: Path | None,
+    quic_ports: tuple[int, ...],
+    notes: list[str],
+    name: Path | None = None,
 ) -> list[QuicDatagram]:
+    """`name`: the capture to name in errors (the user's, when `capture` is a leg of it)."""
     exe, _ = find_tshark()
     command = [exe, "-n", "-r", str(capture)]
     for port in sorted({*QUIC_PORTS, *quic_ports}):
@@ -289,6 +323,6 @@ def _tshark_fields(
     if keylog is not None:
         command += ["-o", f"tls.keylog_file:{keylog}"]
     command += ["-Y", "quic && !icmp && !icmpv6", "-T", "fields", "-E", "separator=/t"]
-    for name in FIELDS:
-        command += ["-e", name]
-    return parse_rows(_run(command, capture))
+    for field_name in FIELDS:
+        command += ["-e", field_name]
+    return parse_rows(_run(command, name or capture, notes))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from quicmig.capture.analysis import NO_MIGRATION, CaptureReport, analyse
+from quicmig.capture.analysis import KEYS_CHECK, NO_MIGRATION, CaptureReport, analyse
 from quicmig.capture.tshark import QuicDatagram, find_tshark, read_datagrams
 from quicmig.errors import InputError
 from quicmig.report.table import VERDICT_STYLE, make_console
@@ -22,8 +26,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "checks: more than one path; the server's first datagram on each new path carries "
         "PATH_CHALLENGE; every PATH_CHALLENGE answered with the same data; with --active, a "
         "new DCID on each new path. Works on captures from `quicmig run --pcap`, "
-        "`quicmig proxy --pcap`, tcpdump or Wireshark. Exit status: 0 passed, 1 failed "
-        "(including no migration in the capture) or unsupported, 2 bad input.",
+        "`quicmig proxy --pcap`, tcpdump or Wireshark (also one cut short mid-packet: what "
+        "was written before the cut is checked, with a warning). A connection the key log "
+        "has no secrets for cannot be checked: it is named, and the verdict is unsupported "
+        "(never passed). Exit status: 0 passed, 1 failed (including no migration in the "
+        "capture) or unsupported, 2 bad input.",
         epilog="example:\n  quicmig run nat-rebinding --pcap nr.pcap --keylog nr.keys\n"
         "  quicmig check nr.pcap --keylog nr.keys --json nr-check.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,7 +53,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PORT",
         help="also decode this UDP port as QUIC (443 and 4433 always are; repeatable)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the verdict line (and the reasons when it is not passed)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -69,14 +81,37 @@ def _check_decrypted(datagrams: list[QuicDatagram], capture: Path, keylog: Path 
         )
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before anything runs: its directory
+    must exist and take a new file (tried for real: as root, os.access says yes to /proc),
+    and the path must not be a directory."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise InputError(
+            f"{flag} {path}: cannot create files in {parent} ({exc.strerror or exc}); "
+            "choose another directory"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.json is not None and not args.json.parent.is_dir():
-        raise InputError(f"--json {args.json}: directory {args.json.parent} does not exist")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     for port in args.quic_port:
         if not 1 <= port <= 65535:
             raise InputError(f"--quic-port {port}: not a UDP port (1-65535)")
     ports = tuple(args.quic_port)
-    datagrams = read_datagrams(args.capture, args.keylog, ports)
+    warnings: list[str] = []
+    datagrams = read_datagrams(args.capture, args.keylog, ports, warnings)
+    for warning in warnings:
+        print(f"quicmig: warning: {warning}", file=sys.stderr, flush=True)
     _check_decrypted(datagrams, args.capture, args.keylog)
     _, version = find_tshark()
     report = analyse(
@@ -86,12 +121,14 @@ def run(args: argparse.Namespace) -> int:
         tshark=".".join(map(str, version)),
         active=args.active,
         quic_ports=ports,
+        warnings=warnings,
     )
     if args.json is not None:
         report.write_json(args.json)
     console = make_console()
     if args.quiet:
-        console.print(f"{args.capture}: {report.verdict.value}")
+        why = "".join(f"\n  {reason}" for reason in report.reasons)
+        console.print(f"{args.capture}: {report.verdict.value}{why}", markup=False, soft_wrap=True)
     else:
         print_report(console, report)
     return 0 if report.verdict.value == "passed" else 1
@@ -107,6 +144,10 @@ def print_report(console: Console, report: CaptureReport) -> None:
         f"({report.decrypted} 1-RTT decrypted), {len(report.connections)} connections, "
         f"tshark {report.tshark}; times from the first QUIC datagram"
     )
+    keys = [c for c in report.checks if c.name == KEYS_CHECK]
+    if keys:
+        # One line, not wrapped: it names what to fix.
+        console.print(f"[bold yellow]⚠ {escape(keys[0].detail)}[/bold yellow]", soft_wrap=True)
     paths = Table(title="Paths (client addresses seen on each server)", title_justify="left")
     for name in ("conn", "server", "client address", "from", "to", "datagrams c→s / s→c"):
         paths.add_column(name)

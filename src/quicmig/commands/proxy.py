@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
+import math
+import os
 import signal
 import sys
-from dataclasses import replace
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from quicmig.core.datagram import format_address
+from quicmig.core.datagram import Address, format_address
 from quicmig.errors import InputError
 from quicmig.model.settings import apply_link_settings
 from quicmig.proxy.control import DEFAULT_CONTROL, ControlServer, send_request
@@ -23,9 +25,12 @@ from quicmig.proxy.core import (
     Proxy,
     ProxyConfig,
     describe,
+    is_loopback,
     parse_address,
     profile_named,
 )
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM")  # a clean stop: pcap closed whole, counters, exit 0
 
 IMPAIRMENT_FLAGS = (
     ("delay_ms", "one-way delay, ms"),
@@ -46,7 +51,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(delay, jitter, loss, bursty loss, rate + queue) in each direction, blackhole windows "
         "and switches between named profiles. Prints each rebinding and switch as it happens. "
         "`quicmig proxy ctl ACTION` talks to a running proxy: rebind, switch PROFILE, "
-        "blackhole SECONDS, status.",
+        "blackhole SECONDS, status. Runs until --duration, Ctrl-C (SIGINT) or SIGTERM, then "
+        "closes the pcap whole and prints its counters. Exit status: 0 when stopped so, 1 when "
+        "the upstream never answers or a socket fails, 2 bad input; on a startup failure no "
+        "pcap is left behind.",
         epilog="examples:\n"
         "  quicmig server &   # 127.0.0.1:4433\n"
         "  quicmig proxy --listen 127.0.0.1:4434 --upstream 127.0.0.1:4433 --profile wifi \\\n"
@@ -106,11 +114,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--control",
         default=format_address(DEFAULT_CONTROL),
         metavar="ADDR:PORT",
-        help=f"control socket (default {format_address(DEFAULT_CONTROL)}; `off` for none)",
+        help=f"control socket, a loopback address: it takes requests from anyone who reaches "
+        f"it (default {format_address(DEFAULT_CONTROL)}; `off` for none)",
     )
     parser.add_argument("--pcap", type=Path, metavar="FILE", help="capture both sides")
     parser.add_argument("--seed", type=int, default=1, help="seed of the loss model")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (S > 0), exit 0"
+    )
     parser.add_argument(
         "--upstream-timeout",
         type=float,
@@ -130,10 +141,55 @@ def _pairs(values: list[str], flag: str, kind: str) -> list[tuple[float, str]]:
             seconds = float(at)
         except ValueError:
             seconds = -1.0
-        if not sep or seconds < 0 or not rest:
+        if not sep or not 0 <= seconds < math.inf or not rest:
             raise InputError(f"{flag} {value!r}: use AT:{kind} with AT in seconds >= 0")
         out.append((seconds, rest))
     return out
+
+
+def _seconds(value: float | None, flag: str, *, zero: bool) -> None:
+    """Refuse a time flag that is negative (or zero, unless `zero`), NaN or infinite."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise InputError(f"{flag} {value:g}: give a finite number of seconds")
+    if value < 0 or (value == 0 and not zero):
+        raise InputError(f"{flag} {value:g}: must be {'>=' if zero else '>'} 0 seconds")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before anything is bound or written:
+    its directory must exist and take a new file (tried for real: as root, os.access says
+    yes to /proc), and the path must not be a directory."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise InputError(
+            f"{flag} {path}: cannot create files in {parent} ({exc.strerror or exc}); "
+            "choose another directory"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def control_address(text: str, *, off: bool) -> Address | None:
+    """--control: a loopback ADDR:PORT (the channel has no authentication), or `off`."""
+    if text == "off":
+        if off:
+            return None
+        raise InputError("--control off: give the running proxy's control ADDR:PORT")
+    address = parse_address(text, "--control")
+    if not is_loopback(address[0]):
+        raise InputError(
+            f"--control {text}: use a loopback address (127.0.0.1 or ::1): anyone who reaches "
+            "the control channel can rebind, switch or blackhole the proxy"
+        )
+    return address
 
 
 def config_from_args(args: argparse.Namespace) -> ProxyConfig:
@@ -142,12 +198,13 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
     if upstream[1] == 0:
         raise InputError(f"--upstream {args.upstream}: give the server's port")
     profile = profile_named(args.profile)
+    queue = args.queue_packets
+    if queue is not None and not (math.isfinite(queue) and queue == int(queue)):
+        raise InputError(f"--queue-packets {queue:g}: give a whole number of packets")
     settings = [
         (key, getattr(args, key)) for key, _ in IMPAIRMENT_FLAGS if getattr(args, key) is not None
     ]
     profile = apply_link_settings(profile, settings, "proxy link")
-    if args.queue_packets is not None:
-        profile = replace(profile, queue=int(args.queue_packets))
     default_source = "::1" if ":" in upstream[0] else "127.0.0.1"
     sources = [args.source or default_source, *args.rebind_addr]
     for host in sources:
@@ -161,10 +218,10 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             )
         if (ip.version == 6) != (":" in upstream[0]):
             raise InputError(f"--rebind-addr/--source {host}: not of the upstream's IP version")
-    if args.first_rebind is not None and args.first_rebind < 0:
-        raise InputError(f"--first-rebind {args.first_rebind:g}: must be >= 0 seconds")
-    if args.rebind_every is not None and args.rebind_every <= 0:
-        raise InputError(f"--rebind-every {args.rebind_every:g}: must be > 0 seconds")
+    _seconds(args.first_rebind, "--first-rebind", zero=True)
+    _seconds(args.rebind_every, "--rebind-every", zero=False)
+    _seconds(args.duration, "--duration", zero=False)
+    _seconds(args.upstream_timeout, "--upstream-timeout", zero=False)
     switches = [(at, name) for at, name in _pairs(args.switch, "--switch", "PROFILE")]
     for _, name in switches:
         profile_named(name)
@@ -174,13 +231,11 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             seconds = float(length)
         except ValueError:
             seconds = 0.0
-        if seconds <= 0:
+        if not 0 < seconds < math.inf:
             raise InputError(f"--blackhole {at:g}:{length}: the length must be seconds > 0")
         blackholes.append((at, seconds))
-    if args.pcap is not None and not args.pcap.parent.is_dir():
-        raise InputError(f"--pcap {args.pcap}: directory {args.pcap.parent} does not exist")
-    if args.upstream_timeout <= 0:
-        raise InputError("--upstream-timeout: must be > 0 seconds")
+    if args.pcap is not None:
+        check_output_file(args.pcap, "--pcap")
     return ProxyConfig(
         listen=listen,
         upstream=upstream,
@@ -201,11 +256,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action:
         return _ctl(args)
     config = config_from_args(args)
-    control = None if args.control == "off" else parse_address(args.control, "--control")
+    control = control_address(args.control, off=True)
     try:
-        asyncio.run(_serve(config, control, args.duration))
-    except KeyboardInterrupt:
-        print("proxy stopped", flush=True)
+        stopped_by = asyncio.run(_serve(config, control, args.duration))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        stopped_by = "SIGINT"
+    if stopped_by is not None:
+        print(f"proxy stopped ({stopped_by})", flush=True)
     return 0
 
 
@@ -215,7 +272,8 @@ def _ctl(args: argparse.Namespace) -> int:
             "use `quicmig proxy [options]` to run a proxy, or `quicmig proxy ctl ACTION` with "
             "ACTION rebind | switch PROFILE | blackhole SECONDS | status"
         )
-    control = parse_address(args.control, "--control")
+    control = control_address(args.control, off=False)
+    assert control is not None
     print(send_request(control, " ".join(args.action[1:])))
     return 0
 
@@ -226,39 +284,85 @@ def _log(line: str) -> None:
 
 async def _serve(
     config: ProxyConfig, control: tuple[str, int] | None, duration: float | None
-) -> None:
+) -> str | None:
+    """Run the proxy until `duration`, a stop signal (its name is returned) or a failure.
+
+    Everything is bound before the pcap is opened and before anything is printed, so a
+    startup failure (a port in use) leaves no file and no `proxy done` line behind.
+    """
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[str] = loop.create_future()
+    handled: list[signal.Signals] = []
+    if sys.platform != "win32":
+        # SIGTERM (kill, systemd, a test harness) ends the run like Ctrl-C: the default action
+        # would kill the process with the pcap's last buffered packets unwritten.
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name)
+            loop.add_signal_handler(number, _stop, stop, name)
+            handled.append(number)
     proxy = Proxy(config, log=_log)
     server = ControlServer(proxy)
-    loop = asyncio.get_running_loop()
-    async with proxy:
+    try:
         try:
             where = await server.open(control) if control is not None else None
-            _log(
-                f"quicmig proxy: {format_address(proxy.local)} → "
-                f"{format_address(config.upstream)}, profile {config.profile_name} "
-                f"({describe(config.profile)})"
-                + (f"; control on {format_address(where)}" if where else "")
-                + (f"; pcap {config.pcap}" if config.pcap else "")
-            )
-            if sys.platform != "win32":
-                loop.add_signal_handler(
-                    signal.SIGUSR1, lambda: asyncio.ensure_future(proxy.rebind())
-                )
-            waiter = proxy.wait()
-            if duration is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter, duration)
-            else:
-                await waiter
-        finally:
-            if sys.platform != "win32":
-                loop.remove_signal_handler(signal.SIGUSR1)
+            await proxy.start()
+        except BaseException:
             await server.aclose()
-            stats = proxy.stats
-            _log(
-                f"proxy done: {stats.from_client} datagrams from the client, "
-                f"{stats.to_upstream} to the upstream, {stats.from_upstream} back, "
-                f"{stats.to_client} to the client; lost {proxy.up.stats.lost}+"
-                f"{proxy.down.stats.lost}, queue drops {proxy.up.stats.queue_drops}+"
-                f"{proxy.down.stats.queue_drops}, blackholed {stats.blackholed}"
-            )
+            await proxy.aclose()
+            raise
+        try:
+            return await _forward(config, proxy, where, stop, duration)
+        finally:
+            await server.aclose()
+            await proxy.aclose()
+            _log(_done_line(proxy))
+    finally:
+        for number in handled:
+            loop.remove_signal_handler(number)
+
+
+def _stop(stop: asyncio.Future[str], name: str) -> None:
+    if not stop.done():
+        stop.set_result(name)
+
+
+async def _forward(
+    config: ProxyConfig,
+    proxy: Proxy,
+    where: Address | None,
+    stop: asyncio.Future[str],
+    duration: float | None,
+) -> str | None:
+    loop = asyncio.get_running_loop()
+    _log(
+        f"quicmig proxy: {format_address(proxy.local)} → "
+        f"{format_address(config.upstream)}, profile {config.profile_name} "
+        f"({describe(config.profile)})"
+        + (f"; control on {format_address(where)}" if where else "")
+        + (f"; pcap {config.pcap}" if config.pcap else "")
+    )
+    if sys.platform != "win32":
+        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(proxy.rebind()))
+    waiter = asyncio.ensure_future(proxy.wait())
+    either: set[asyncio.Future[Any]] = {waiter, stop}
+    try:
+        done, _ = await asyncio.wait(either, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            waiter.result()  # a fatal error: raised as QuicmigError
+        return stop.result() if stop.done() else None
+    finally:
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        if sys.platform != "win32":
+            loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def _done_line(proxy: Proxy) -> str:
+    stats = proxy.stats
+    return (
+        f"proxy done: {stats.from_client} datagrams from the client, "
+        f"{stats.to_upstream} to the upstream, {stats.from_upstream} back, "
+        f"{stats.to_client} to the client; lost {proxy.up.stats.lost}+"
+        f"{proxy.down.stats.lost}, queue drops {proxy.up.stats.queue_drops}+"
+        f"{proxy.down.stats.queue_drops}, blackholed {stats.blackholed}"
+    )

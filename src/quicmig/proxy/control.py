@@ -11,8 +11,8 @@ import socket
 
 from quicmig.core.datagram import Address, format_address
 from quicmig.errors import InputError, QuicmigError
-from quicmig.live.udp import UdpSocket, family_of, open_socket
-from quicmig.proxy.core import Proxy
+from quicmig.live.udp import UdpSocket, family_of
+from quicmig.proxy.core import Proxy, bind
 
 DEFAULT_CONTROL: Address = ("127.0.0.1", 4439)
 CTL_TIMEOUT = 2.0  # seconds to wait for the proxy's answer
@@ -25,7 +25,13 @@ class ControlServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, local: Address) -> Address:
-        self.socket = await open_socket(local, self._on_datagram, "proxy control channel")
+        """Bind the control socket; it may be opened before the proxy starts."""
+        self.socket = await bind(
+            local,
+            self._on_datagram,
+            "proxy control channel",
+            "choose another port with --control ADDR:PORT (or --control off for none)",
+        )
         return self.socket.local
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:

@@ -14,6 +14,7 @@ seconds since the proxy started. Blackhole windows drop everything in both direc
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import random
 import time
@@ -24,7 +25,14 @@ from pathlib import Path
 from quicmig.core.datagram import Address, Datagram, format_address
 from quicmig.core.pcap import PcapWriter
 from quicmig.errors import InputError, QuicmigError
-from quicmig.live.udp import Timer, UdpSocket, bind_error, family_of, open_socket
+from quicmig.live.udp import (
+    DatagramHandler,
+    Timer,
+    UdpSocket,
+    bind_error,
+    family_of,
+    open_socket,
+)
 from quicmig.model.topology import PROFILES, LinkProfile
 from quicmig.sim.link import Pipe
 
@@ -72,6 +80,23 @@ class ProxyStats:
 
 def is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
+
+
+async def bind(local: Address, on_datagram: DatagramHandler, role: str, fix: str) -> UdpSocket:
+    """open_socket(), but a port in use names the proxy's own flag (`fix`): the live lab's
+    message suggests --port, which the proxy does not have."""
+    try:
+        return await open_socket(local, on_datagram, role)
+    except QuicmigError as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE):
+            raise
+        host, port = local
+        raise QuicmigError(
+            f"UDP port {port} on {host} is already in use ({role}): stop the program using it "
+            f"(find it with `ss -ulpn 'sport = :{port}'` on Linux or `lsof -nP -iUDP:{port}` "
+            f"on macOS; another quicmig proxy?) or {fix}"
+        ) from None
 
 
 class UpstreamSocket(UdpSocket):
@@ -166,15 +191,19 @@ class Proxy:
         self._failed = loop.create_future()
         self._up_timer = Timer(lambda now: self._deliver(self.up, now), self.now)
         self._down_timer = Timer(lambda now: self._deliver(self.down, now), self.now)
-        if self.config.pcap is not None:
-            try:
-                self._pcap = PcapWriter(self.config.pcap.open("wb"))
-            except OSError as exc:
-                raise InputError(f"--pcap {self.config.pcap}: {exc.strerror or exc}") from None
         try:
-            self.listener = await open_socket(
-                self.config.listen, self._from_client, "proxy, listening"
+            self.listener = await bind(
+                self.config.listen,
+                self._from_client,
+                "proxy, listening",
+                "choose another port in --listen",
             )
+            # The pcap last: a startup failure leaves no empty capture behind.
+            if self.config.pcap is not None:
+                try:
+                    self._pcap = PcapWriter(self.config.pcap.open("wb"))
+                except OSError as exc:
+                    raise InputError(f"--pcap {self.config.pcap}: {exc.strerror or exc}") from None
         except BaseException:
             await self.aclose()
             raise

@@ -12,6 +12,8 @@ make) is shown as `-`.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,62 @@ from quicmig.core.results import SCHEMA
 from quicmig.errors import InputError
 
 REQUIRED = ("scenario", "backend", "seed", "verdict", "checks", "transfer", "migrations")
+
+# JSON types by name: what the table reads from a result must be of these before it is read.
+KINDS: dict[str, Callable[[Any], bool]] = {
+    "a string": lambda v: isinstance(v, str),
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "a number": lambda v: (
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ),
+    "true or false": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "a list": lambda v: isinstance(v, list),
+    "an object": lambda v: isinstance(v, dict),
+}
+STR, INT, NUM, BOOL, NULL = "a string", "an integer", "a number", "true or false", "null"
+LIST, OBJECT = "a list", "an object"
+# field -> the kinds it may have; a field not present is fine unless REQUIRED (or `*`).
+TOP: dict[str, tuple[str, ...]] = {
+    "scenario": (STR,),
+    "backend": (STR,),
+    "seed": (INT,),
+    "verdict": (STR,),
+    "expected_verdict": (STR, NULL),
+    "checks": (LIST,),
+    "transfer": (OBJECT,),
+    "migrations": (LIST,),
+    "paths_seen": (LIST,),
+    "cid_rotations": (LIST,),
+    "stats": (OBJECT,),
+    "wall": (OBJECT,),
+}
+CHECK: dict[str, tuple[str, ...]] = {"*name": (STR,), "*passed": (BOOL, NULL), "detail": (STR,)}
+TRANSFER: dict[str, tuple[str, ...]] = {
+    "bytes": (INT,),
+    "intact": (BOOL,),
+    "completed_at": (NUM, NULL),
+}
+MIGRATION: dict[str, tuple[str, ...]] = {
+    "*observed": (STR,),
+    "old_peer": (STR,),
+    "new_peer": (STR,),
+    "network_change": (STR, NULL),
+    "network_change_at": (NUM, NULL),
+    "detection_delay": (NUM, NULL),
+    "first_packet_had_challenge": (BOOL, NULL),
+    "validated_at": (NUM, NULL),
+    "validation_rtt": (NUM, NULL),
+    "cid_changed": (BOOL, NULL),
+    "interruption": (NUM, NULL),
+    "lost_packets": (INT,),
+    "retransmitted_bytes": (INT,),
+}
+STATS: dict[str, tuple[str, ...]] = {
+    "quic_extensions": (LIST, NULL),
+    "simulated_seconds": (NUM, NULL),
+}
+WALL: dict[str, tuple[str, ...]] = {"seconds": (NUM, NULL)}
 MARK = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]?[/yellow]"}
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "unsupported": "bold yellow"}
 
@@ -88,9 +146,42 @@ def load_run(path: Path) -> Run:
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise InputError(f"{path}: a {SCHEMA} without {', '.join(missing)}; is it truncated?")
-    if not isinstance(data["migrations"], list) or not isinstance(data["checks"], list):
-        raise InputError(f"{path}: `migrations` and `checks` must be lists")
+    _validate(path, data)
     return Run(path, data)
+
+
+def _validate(path: Path, data: dict[str, Any]) -> None:
+    """InputError naming the file and the first field of the wrong type (what the table reads)."""
+    _fields(path, "", data, TOP)
+    for index, check in enumerate(data["checks"]):
+        _fields(path, f"checks[{index}]", check, CHECK)
+    _fields(path, "transfer", data["transfer"], TRANSFER)
+    for index, migration in enumerate(data["migrations"]):
+        _fields(path, f"migrations[{index}]", migration, MIGRATION)
+    for name, spec in (("stats", STATS), ("wall", WALL)):
+        if name in data:
+            _fields(path, name, data[name], spec)
+
+
+def _fields(path: Path, where: str, value: Any, spec: dict[str, tuple[str, ...]]) -> None:
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: field `{where}` must be an object, not {_show(value)}")
+    for key, kinds in spec.items():
+        name = key.lstrip("*")
+        field = f"{where}.{name}" if where else name
+        if name not in value:
+            if key.startswith("*"):
+                raise InputError(f"{path}: field `{field}` is missing; is the file truncated?")
+            continue
+        if not any(KINDS[kind](value[name]) for kind in kinds):
+            raise InputError(
+                f"{path}: field `{field}` must be {' or '.join(kinds)}, not {_show(value[name])}"
+            )
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def varying(runs: list[Run]) -> set[str]:
