@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -14,6 +12,7 @@ from rich.table import Table
 
 from quicmig.capture.analysis import KEYS_CHECK, NO_MIGRATION, CaptureReport, analyse
 from quicmig.capture.tshark import QuicDatagram, find_tshark, read_datagrams
+from quicmig.core.results import check_output_file
 from quicmig.errors import InputError
 from quicmig.report.table import VERDICT_STYLE, make_console
 
@@ -79,26 +78,6 @@ def _check_decrypted(datagrams: list[QuicDatagram], capture: Path, keylog: Path 
             f"--keylog {keylog} decrypts none of the {len(short)} 1-RTT datagrams in {capture}: "
             "it holds no secrets for these connections (was it written for another run?)"
         )
-
-
-def check_output_file(path: Path, flag: str) -> None:
-    """Refuse an output file that cannot be written, before anything runs: its directory
-    must exist and take a new file (tried for real: as root, os.access says yes to /proc),
-    and the path must not be a directory."""
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory; give a file name")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-    except OSError as exc:
-        raise InputError(
-            f"{flag} {path}: cannot create files in {parent} ({exc.strerror or exc}); "
-            "choose another directory"
-        ) from None
-    os.close(handle)
-    os.unlink(probe)
 
 
 def run(args: argparse.Namespace) -> int:

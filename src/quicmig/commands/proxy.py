@@ -9,14 +9,13 @@ import argparse
 import asyncio
 import ipaddress
 import math
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from quicmig.core.datagram import Address, format_address
+from quicmig.core.results import check_output_file
 from quicmig.errors import InputError
 from quicmig.model.settings import apply_link_settings
 from quicmig.proxy.control import DEFAULT_CONTROL, ControlServer, send_request
@@ -155,26 +154,6 @@ def _seconds(value: float | None, flag: str, *, zero: bool) -> None:
         raise InputError(f"{flag} {value:g}: give a finite number of seconds")
     if value < 0 or (value == 0 and not zero):
         raise InputError(f"{flag} {value:g}: must be {'>=' if zero else '>'} 0 seconds")
-
-
-def check_output_file(path: Path, flag: str) -> None:
-    """Refuse an output file that cannot be written, before anything is bound or written:
-    its directory must exist and take a new file (tried for real: as root, os.access says
-    yes to /proc), and the path must not be a directory."""
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory; give a file name")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-    except OSError as exc:
-        raise InputError(
-            f"{flag} {path}: cannot create files in {parent} ({exc.strerror or exc}); "
-            "choose another directory"
-        ) from None
-    os.close(handle)
-    os.unlink(probe)
 
 
 def control_address(text: str, *, off: bool) -> Address | None:

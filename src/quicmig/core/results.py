@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from quicmig.errors import QuicmigError
+from quicmig.errors import InputError, QuicmigError
 
 SCHEMA = "quicmig.result/1"
 
@@ -121,3 +123,23 @@ def write_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise QuicmigError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before anything runs or is written:
+    its directory must exist and take a new file (tried for real: as root, os.access says
+    yes to /proc), and the path must not be a directory."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise InputError(
+            f"{flag} {path}: cannot create files in {parent} ({exc.strerror or exc}); "
+            "choose another directory"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
