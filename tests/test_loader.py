@@ -151,6 +151,7 @@ def test_set_without_equals() -> None:
         ("links.wifi.loss_pct=150", "loss_pct"),
         ("links.wifi.burst_len=0.5", "burst_len"),
         ("links.wifi.queue_packets=0", "queue_packets"),
+        ("links.wifi.queue_packets=2.7", "queue_packets: 2.7 is not a whole number"),
         ("links.wifi.rate_mbit=-1", "rate_mbit"),
         ('links.wifi.delay_ms="slow"', "delay_ms"),
         ("links.wifi.dleay_ms=5", "dleay_ms"),

@@ -43,5 +43,7 @@ def apply_link_settings(
             changes[name] = None  # 0 = unlimited
             continue
         amount = number(value, f"{where}.{key}")
+        if key == "queue_packets" and not amount.is_integer():
+            raise InputError(f"{where}.{key}: {value!r} is not a whole number of packets")
         changes[name] = int(amount) if key == "queue_packets" else amount * factor
     return replace(profile, **changes).validated(where)
