@@ -62,8 +62,14 @@ def family_of(host: str) -> int:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
-async def open_socket(local: Address, on_datagram: DatagramHandler, role: str) -> UdpSocket:
-    """Bind a UDP socket to `local` (port 0: any free port). `role` names it in errors."""
+PORT_FIX = "choose another port (--port, or the port in --listen)"
+
+
+async def open_socket(
+    local: Address, on_datagram: DatagramHandler, role: str, fix: str = PORT_FIX
+) -> UdpSocket:
+    """Bind a UDP socket to `local` (port 0: any free port). `role` names it in errors, and
+    `fix` says how to choose another port (the option of the command that binds it)."""
     loop = asyncio.get_running_loop()
     host = local[0]
     try:
@@ -82,20 +88,19 @@ async def open_socket(local: Address, on_datagram: DatagramHandler, role: str) -
                 lambda: UdpSocket(on_datagram), sock=sock
             )
     except OSError as exc:
-        raise QuicmigError(bind_error(local, exc, role)) from exc
+        raise QuicmigError(bind_error(local, exc, role, fix)) from exc
     if protocol.transport is None:  # connection_made() runs soon after creation
         await asyncio.sleep(0)
     return protocol
 
 
-def bind_error(local: Address, exc: OSError, role: str) -> str:
+def bind_error(local: Address, exc: OSError, role: str, fix: str = PORT_FIX) -> str:
     where = format_address(local)
     if exc.errno == errno.EADDRINUSE:
         return (
             f"UDP port {local[1]} on {local[0]} is already in use ({role}): stop the program "
             f"using it (find it with `ss -ulpn 'sport = :{local[1]}'` on Linux or "
-            f"`lsof -nP -iUDP:{local[1]}` on macOS; another quicmig server?) or choose another "
-            f"port (--port, or the port in --listen)"
+            f"`lsof -nP -iUDP:{local[1]}` on macOS; another quicmig program?) or {fix}"
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         hint = MACOS_ALIAS_HINT if sys.platform == "darwin" else "configure it first"

@@ -11,8 +11,8 @@ import socket
 
 from quicmig.core.datagram import Address, format_address
 from quicmig.errors import InputError, QuicmigError
-from quicmig.live.udp import UdpSocket, family_of
-from quicmig.proxy.core import Proxy, bind
+from quicmig.live.udp import UdpSocket, family_of, open_socket
+from quicmig.proxy.core import Proxy
 
 DEFAULT_CONTROL: Address = ("127.0.0.1", 4439)
 CTL_TIMEOUT = 2.0  # seconds to wait for the proxy's answer
@@ -26,7 +26,7 @@ class ControlServer:
 
     async def open(self, local: Address) -> Address:
         """Bind the control socket; it may be opened before the proxy starts."""
-        self.socket = await bind(
+        self.socket = await open_socket(
             local,
             self._on_datagram,
             "proxy control channel",

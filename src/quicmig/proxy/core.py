@@ -14,7 +14,6 @@ seconds since the proxy started. Blackhole windows drop everything in both direc
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import random
 import time
@@ -26,7 +25,6 @@ from quicmig.core.datagram import Address, Datagram, format_address
 from quicmig.core.pcap import PcapWriter
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live.udp import (
-    DatagramHandler,
     Timer,
     UdpSocket,
     bind_error,
@@ -80,23 +78,6 @@ class ProxyStats:
 
 def is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
-
-
-async def bind(local: Address, on_datagram: DatagramHandler, role: str, fix: str) -> UdpSocket:
-    """open_socket(), but a port in use names the proxy's own flag (`fix`): the live lab's
-    message suggests --port, which the proxy does not have."""
-    try:
-        return await open_socket(local, on_datagram, role)
-    except QuicmigError as exc:
-        cause = exc.__cause__
-        if not (isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE):
-            raise
-        host, port = local
-        raise QuicmigError(
-            f"UDP port {port} on {host} is already in use ({role}): stop the program using it "
-            f"(find it with `ss -ulpn 'sport = :{port}'` on Linux or `lsof -nP -iUDP:{port}` "
-            f"on macOS; another quicmig proxy?) or {fix}"
-        ) from None
 
 
 class UpstreamSocket(UdpSocket):
@@ -192,7 +173,7 @@ class Proxy:
         self._up_timer = Timer(lambda now: self._deliver(self.up, now), self.now)
         self._down_timer = Timer(lambda now: self._deliver(self.down, now), self.now)
         try:
-            self.listener = await bind(
+            self.listener = await open_socket(
                 self.config.listen,
                 self._from_client,
                 "proxy, listening",
