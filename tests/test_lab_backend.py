@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +21,13 @@ import pytest
 from quicmig.cli import main
 from quicmig.core.results import NetworkChange
 from quicmig.errors import QuicmigError
-from quicmig.lab.driver import LabDriver
-from quicmig.lab.network import leftovers, namespaces, new_prefix
+from quicmig.lab.driver import LabDriver, not_emulated, run_stoppable
+from quicmig.lab.network import leftovers, namespaces, new_prefix, owner_file
 from quicmig.lab.system import unavailable
 from quicmig.live.runner import LiveOptions, run_live
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import NatRebind, TimelineEvent
+from quicmig.model.topology import LinkProfile
 
 UNAVAILABLE = unavailable(f"{new_prefix()}-probe")
 needs_lab = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
@@ -45,6 +49,7 @@ def _nothing_left(result: dict[str, Any]) -> None:
     prefix = result["stats"]["lab"]["prefix"]
     assert leftovers(prefix) == []
     assert not [name for name in namespaces() if name.startswith(prefix)]
+    assert not owner_file(prefix).exists()
 
 
 @needs_lab
@@ -59,7 +64,12 @@ def test_nat_rebinding_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[
         "quic.challenge_first=true",
         extra=("--pcap", str(pcap), "--keylog", str(keys)),
     )
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    # What the lab leaves out is said once, one line each, even with -q (on stderr).
+    lines = result["stats"]["lab"]["not_emulated"]
+    assert lines  # the phone's links have delays; without netem, and with it (cellular)
+    for line in lines:
+        assert err.count(f"⚠️  lab: {line}\n") == 1, err
     sim_out = tmp_path / "sim.json"
     assert main(["run", "nat-rebinding", "--set", "workload.bytes=2000000", "-q", "--json",
                  str(sim_out)]) == 0  # fmt: skip
@@ -153,3 +163,72 @@ def test_a_failed_run_leaves_nothing_behind() -> None:
         asyncio.run(run_live(scenario, driver, LiveOptions()))
     assert len(built) == 3  # client, router, server existed during the run
     assert leftovers(driver.prefix) == []
+    assert not owner_file(driver.prefix).exists()
+
+
+def test_what_the_lab_does_not_emulate_is_named_per_link_and_impairment() -> None:
+    wifi = LinkProfile(delay=0.020, rate=50e6)
+    cell = LinkProfile(delay=0.060, loss=0.01, jitter=0.005, burst_len=3.0, rate=10e6)
+    profiles = {"wifi": wifi, "cellular": cell}
+    assert not_emulated(profiles, "wifi", netem=False) == [
+        "wifi link: delay 20 ms not emulated (no netem)",
+        "cellular link: delay 60 ms not emulated (no netem)",
+        "cellular link: jitter 5 ms not emulated (no netem)",
+        "cellular link: loss 1 % not emulated (no netem)",
+    ]
+    # With netem both links are shaped like the first: say so for the other one.
+    assert not_emulated(profiles, "wifi", netem=True) == [
+        "cellular link: jitter 5 ms not emulated",
+        "cellular link: loss bursts not emulated (independent loss)",
+        "cellular link: delay 60 ms not emulated, it gets wifi's 20 ms",
+        "cellular link: loss 1 % not emulated, it gets wifi's 0 %",
+        "cellular link: rate 10 Mbit/s not emulated, it gets wifi's 50 Mbit/s",
+    ]
+    same = LinkProfile(delay=0.0)
+    assert not_emulated({"wifi": same, "cellular": same}, "wifi", netem=False) == []
+
+
+def test_first_signal_cancels_the_run_and_the_second_waits_for_its_cleanup() -> None:
+    """asyncio.run's own second Ctrl-C raises KeyboardInterrupt in the middle of the
+    cleanup (and can lose a wakeup, so that asyncio.run waits forever)."""
+    cleaned: list[str] = []
+
+    async def run() -> None:
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGINT)
+        try:
+            await asyncio.sleep(10)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # impatient: again, while the lab goes
+            await asyncio.sleep(0.1)
+            cleaned.append("lab removed")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stoppable(run())
+    assert cleaned == ["lab removed"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_the_third_signal_stops_waiting_for_a_cleanup_that_hangs() -> None:
+    async def run() -> None:
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        try:
+            await asyncio.sleep(10)
+        finally:
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(30)  # never done
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_stoppable(run())
+    assert time.monotonic() - started < 5
+
+
+def test_a_run_that_finishes_is_returned() -> None:
+    async def run() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    assert run_stoppable(run()) == 7

@@ -10,9 +10,19 @@ from rich.table import Table
 from rich.text import Text
 
 from quicmig.commands.client import parse_size
-from quicmig.errors import InputError, QuicmigError
+from quicmig.errors import QuicmigError
 from quicmig.lab import network, system
-from quicmig.lab.run import KINDS, LabOptions, LabResult, MoveResult, parse_kinds, run_lab, validate
+from quicmig.lab.run import (
+    KINDS,
+    LabOptions,
+    LabResult,
+    MoveResult,
+    check_output_file,
+    parse_kinds,
+    run_lab,
+    validate,
+)
+from quicmig.model.scenario import STACKS
 from quicmig.report.table import make_console
 
 
@@ -42,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Build the namespace network, run the live server and client in it, perform "
         "the migrations at the network level while the client downloads (or between messages) "
         "and report what the server observed. Exit 0 when the server saw every move as "
-        "expected, validated each new path, and the download arrived intact.",
+        "expected, the interop checks of `quicmig run`/`quicmig check` pass on its record "
+        "(PATH_CHALLENGE in its first packet on each new path, answered; every path "
+        "validated), and the download arrived intact.",
     )
     run.add_argument(
         "--migrate",
@@ -85,6 +97,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON")
     run.add_argument(
+        "--stack",
+        choices=STACKS,
+        default="stock",
+        help="the server's QUIC stack: `stock` (default) is aioquic 1.7.2 as released, whose "
+        "PATH_CHALLENGE misses its first packet on a new path when the congestion window is "
+        "full; `quicmig` adds quicmig's server-side extensions (`quicmig server --stack`)",
+    )
+    run.add_argument(
         "--timeout",
         type=float,
         default=5.0,
@@ -97,7 +117,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="remove namespaces, links and nftables tables left by earlier lab runs",
         description="Remove what earlier `quicmig lab run`s left behind (a run killed with "
         "SIGKILL cannot clean up): network namespaces, links and nftables tables whose name is "
-        "qm + 6 hex digits + '-' or '_'. Nothing else is touched.",
+        "qm + 6 hex digits + '-' or '_'. Nothing else is touched. Runs still going are skipped: "
+        "each run writes its PID to /run/quicmig/PREFIX.pid and removes it at the end. Exit 1 "
+        "when something is still there after its delete.",
     )
     clean.set_defaults(handler=clean_command)
 
@@ -118,10 +140,11 @@ def _options(args: argparse.Namespace) -> LabOptions:
         gap=args.gap,
         pcap_dir=args.pcap,
         timeout=args.timeout,
+        stack=args.stack,
     )
     validate(options)
-    if args.json is not None and args.json.is_dir():
-        raise InputError(f"--json {args.json}: is a directory; give a file name")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     return options
 
 
@@ -140,10 +163,24 @@ def run_command(args: argparse.Namespace) -> int:
 
 def clean_command(args: argparse.Namespace) -> int:
     system.require()
-    removed = network.clean()
-    for item in removed:
+    done = network.clean()
+    for item in done.removed:
         print(f"🧹 removed {item}")
-    print("🧹 nothing to remove" if not removed else f"🧹 {len(removed)} removed")
+    for prefix, pid in done.skipped.items():
+        print(f"⏭️  skipped {prefix}: its run (PID {pid}) is still going and removes it at the end")
+    for item in done.failed:
+        print(f"❌ could not remove {item}")
+    counts = [f"{len(done.removed)} removed"] if done.removed else ["nothing to remove"]
+    if done.skipped:
+        counts.append(
+            f"{len(done.skipped)} running lab{'s' if len(done.skipped) > 1 else ''} skipped"
+        )
+    print(f"🧹 {', '.join(counts)}")
+    if done.failed:
+        raise QuicmigError(
+            f"{len(done.failed)} could not be removed (still listed after the delete): "
+            f"{', '.join(done.failed)}"
+        )
     return 0
 
 
@@ -167,6 +204,10 @@ def report(result: LabResult) -> None:
         f"{len(result.moves)} network moves as expected, each new path validated by "
         "PATH_CHALLENGE/PATH_RESPONSE (or validated before)"
     )
+    print("Interop checks on the server's record (as `quicmig run` and `quicmig check`):")
+    for check in result.checks:
+        mark = {True: "✅", False: "❌", None: "❔"}[check.passed]
+        print(f"  {mark} {check.name}: {check.detail}")
     if result.download is not None:
         intact = result.download_intact
         print(
@@ -180,6 +221,8 @@ def report(result: LabResult) -> None:
     for path in result.files:
         print(f"📁 {path}")
     print(f"🧹 Lab {result.prefix} removed ({result.seconds:.1f} s)")
+    verdict = "PASSED" if result.passed else "FAILED"
+    print(f"{'✅' if result.passed else '❌'} {verdict} (server stack {result.options.stack})")
 
 
 def _row(index: int, item: MoveResult) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -228,7 +229,7 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
     (`--backend lab`, quicmig.lab.driver); see quicmig.live.runner."""
     import asyncio
 
-    from quicmig.live.runner import LiveOptions, NetworkDriver, run_live
+    from quicmig.live.runner import LiveOptions, run_live
 
     backend = args.backend
     if args.target == "all":
@@ -242,18 +243,29 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
     if args.qlog_dir is not None:
         args.qlog_dir.mkdir(parents=True, exist_ok=True)
     options = LiveOptions(seed=args.seed, keylog=args.keylog, qlog_dir=args.qlog_dir)
-    driver: NetworkDriver
     if backend == "lab":
-        from quicmig.lab.driver import LabDriver
+        from quicmig.lab.driver import LabDriver, run_stoppable
         from quicmig.lab.system import require
 
         require()  # root and the tools, before anything is created
-        driver = LabDriver(scenario, args.seed, pcap=args.pcap)
+
+        def warn(line: str) -> None:
+            # On stderr even with -q: without them the verdict reads as if the scenario's
+            # delays and losses had been applied; stdout keeps only the verdict.
+            print(f"⚠️  lab: {line}", file=sys.stderr, flush=True)
+
+        lab = LabDriver(scenario, args.seed, pcap=args.pcap, log=warn)
+        try:
+            result = run_stoppable(run_live(scenario, lab, options))
+        finally:
+            # run_live closes the driver; this is for the Ctrl-C that gave up waiting for it
+            # (a no-op otherwise).
+            lab.close()
     else:
         from quicmig.proxy.driver import ProxyDriver
 
         driver = ProxyDriver(scenario, args.seed, pcap=args.pcap)
-    result = asyncio.run(run_live(scenario, driver, options))
+        result = asyncio.run(run_live(scenario, driver, options))
     if args.pcap is not None:
         result.files["pcap"] = str(args.pcap)
     _report_one(console, scenario, result, args)

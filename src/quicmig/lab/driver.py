@@ -25,8 +25,9 @@ passive migration: same connection ID, so `active` is false in the network chang
 Reported unsupported, with the reason: rebindings that move the NAT's public address,
 make-before-break switches, interface down/up, link changes, and any interface other than the
 lab's `wifi` and `cellular`. Link impairments: the rate of each interface's link applies (tbf on
-the router); delay and loss only with netem, which is missing from some kernels: then the Result's
-`stats.lab.not_emulated` says what was left out.
+the router); delay and loss only with netem, which is missing from some kernels. What is left
+out is said once, one line per link and impairment, through `log` when the network is placed,
+and kept in the Result's `stats.lab.not_emulated`.
 
 The client PINGs after 0.1 s without sending (`CLIENT_KEEPALIVE`, as `quicmig lab` does), so a
 client that only receives is heard from its new address once the kernel has moved it.
@@ -37,9 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import tempfile
+import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 from quicmig.core.datagram import Address
 from quicmig.core.results import NetworkChange
@@ -54,8 +59,9 @@ from quicmig.lab.network import (
     NetworkMove,
     Shaping,
     new_prefix,
+    owned,
 )
-from quicmig.lab.system import Capabilities, detect, in_ns, run
+from quicmig.lab.system import STOP_SIGNALS, Capabilities, detect, in_ns, run
 from quicmig.live.runner import Placement
 from quicmig.model.scenario import (
     AddressChange,
@@ -68,6 +74,9 @@ from quicmig.model.scenario import (
 from quicmig.model.topology import LinkProfile
 
 CLIENT_KEEPALIVE = 0.1  # seconds without sending before the client PINGs
+GIVE_UP_AFTER = 3  # signals: from the third on, stop waiting for the run to wind down
+
+T = TypeVar("T")
 
 
 def _lab_interface(name: str) -> Interface | None:
@@ -77,6 +86,49 @@ def _lab_interface(name: str) -> Interface | None:
 def _iface_name(ref: str) -> str:
     """`client.wifi` -> `wifi`."""
     return ref.rpartition(".")[2]
+
+
+def not_emulated(profiles: dict[str, LinkProfile], start: str, netem: bool) -> list[str]:
+    """One line per link and impairment of the scenario that the lab will not apply.
+
+    Without netem only the rates apply (tbf). With it, LabNetwork shapes both client links
+    like the starting one (delay, loss and rate), and has no jitter or loss bursts.
+    """
+    lines = []
+    first = profiles.get(start)
+    for name, profile in profiles.items():
+        link = f"{name} link"
+        if not netem:
+            if profile.delay > 0:
+                lines.append(f"{link}: delay {profile.delay * 1e3:g} ms not emulated (no netem)")
+            if profile.jitter > 0:
+                lines.append(f"{link}: jitter {profile.jitter * 1e3:g} ms not emulated (no netem)")
+            if profile.loss > 0:
+                lines.append(f"{link}: loss {profile.loss * 100:g} % not emulated (no netem)")
+            continue
+        if profile.jitter > 0:
+            lines.append(f"{link}: jitter {profile.jitter * 1e3:g} ms not emulated")
+        if profile.loss > 0 and profile.burst_len != 1:
+            lines.append(f"{link}: loss bursts not emulated (independent loss)")
+        if first is not None and name != start:
+            # netem carries the rate only when it is used at all; else each link has its tbf.
+            with_rate = first.delay > 0 or first.loss > 0
+            for what, mine, theirs in (
+                ("delay", f"{profile.delay * 1e3:g} ms", f"{first.delay * 1e3:g} ms"),
+                ("loss", f"{profile.loss * 100:g} %", f"{first.loss * 100:g} %"),
+                (
+                    "rate",
+                    _rate(profile.rate),
+                    _rate(first.rate) if with_rate else _rate(profile.rate),
+                ),
+            ):
+                if mine != theirs:
+                    lines.append(f"{link}: {what} {mine} not emulated, it gets {start}'s {theirs}")
+    return lines
+
+
+def _rate(bits: float | None) -> str:
+    return f"{bits / 1e6:g} Mbit/s" if bits else "unlimited"
 
 
 class LabDriver:
@@ -90,9 +142,11 @@ class LabDriver:
         capabilities: Capabilities | None = None,
         prefix: str | None = None,
         pcap: Path | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         """`pcap`: capture the router's server-side interface there: what the server sent and
-        received, after the NAT (the trace quic-interop-runner's checks read)."""
+        received, after the NAT (the trace quic-interop-runner's checks read). `log` gets
+        each impairment the lab leaves out, once, when the network is placed."""
         topology = scenario.topology
         self.client_host = topology.clients[0]
         self.start_iface = scenario.client.interface or self.client_host.interfaces[0].name
@@ -101,6 +155,7 @@ class LabDriver:
         self.prefix = prefix or new_prefix()
         self.capabilities = capabilities
         self.pcap = pcap
+        self.log = log
         self.net: LabNetwork | None = None
         self.not_emulated: list[str] = []
         self.moves: list[NetworkMove] = []
@@ -128,17 +183,18 @@ class LabDriver:
                 f"scenario {self.scenario.name}: the client starts on {self.start_iface!r}; "
                 "the lab's client has `wifi` and `cellular` only"
             )
+        self._stack.enter_context(owned(self.prefix))  # before the probe: see network.clean
         caps = self.capabilities or detect(f"{self.prefix}-probe")
         if self.pcap is not None and not caps.dumpcap:
             raise QuicmigError("--pcap needs dumpcap (package tshark): apt-get install -y tshark")
         profile = self._profile(start.name)
         assert profile is not None
         shaping = self._shaping(profile)
-        if not caps.netem and (shaping.delay_ms > 0 or shaping.loss_pct > 0):
-            self.not_emulated.append(
-                f"delay {shaping.delay_ms:g} ms and loss {shaping.loss_pct:g} % of the client's "
-                "links (this kernel has no netem); rates apply"
-            )
+        profiles = {i.name: p for i in INTERFACES if (p := self._profile(i.name)) is not None}
+        self.not_emulated = not_emulated(profiles, start.name, caps.netem)
+        if self.log is not None:
+            for line in self.not_emulated:
+                self.log(line)
         workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="qm-lab-")))
         net = self._stack.enter_context(LabNetwork(self.prefix, shaping, caps, workdir))
         self.net = net
@@ -247,6 +303,10 @@ class LabDriver:
         }
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """What `aclose()` does, callable without a loop; a second call does nothing."""
         self.net = None
         self._stack.close()  # LabNetwork.__exit__: namespaces and the NAT table are deleted
 
@@ -266,3 +326,54 @@ def _tbf(net: LabNetwork, interface: Interface, rate_mbit: float) -> None:
             *("rate", f"{rate:.0f}bit", "burst", str(burst), "latency", "100ms"),
         )
     )
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, where the first SIGINT or SIGTERM cancels `main` (whose cleanup
+    tears the lab down) and raises KeyboardInterrupt once it has wound down.
+
+    Instead of asyncio.run's own SIGINT handling, whose second Ctrl-C raises
+    KeyboardInterrupt wherever the loop is: it can drop the wakeup of a task being
+    cancelled, and asyncio.run then waits for that task forever (seen in 2 of about 30
+    `quicmig run --backend lab` runs given a second Ctrl-C). Here the second is ignored; the
+    third gives up waiting and raises at once, for a wind-down that hangs (the caller still
+    cleans up).
+    """
+    count = 0
+    target: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal count
+        count += 1
+        if count == 1 and target is not None:
+            loop, task = target
+            loop.call_soon_threadsafe(task.cancel)
+        elif count >= GIVE_UP_AFTER:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    async def supervised() -> T:
+        nonlocal target
+        task = asyncio.current_task()
+        assert task is not None
+        target = (asyncio.get_running_loop(), task)
+        if count:  # a signal came before there was anything to cancel
+            main.close()
+            raise asyncio.CancelledError
+        return await main
+
+    previous: dict[int, signal._HANDLER] = {}
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for stop_signal in STOP_SIGNALS:
+                previous[stop_signal] = signal.signal(stop_signal, stop)
+        result = asyncio.run(supervised())
+    except asyncio.CancelledError:
+        if count:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if count:  # asked to stop, and the run finished anyway: still an interrupted run
+        raise KeyboardInterrupt
+    return result

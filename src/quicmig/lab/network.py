@@ -12,9 +12,13 @@
 `P` is the per-run prefix `qm` + six hex digits: namespaces are `P-client`, `P-router` and
 `P-server`, every veth end is `P-...`, the nftables table is `P_nat`. Everything is created
 inside those namespaces (no interface ever sits in the caller's namespace), and `LabNetwork`'s
-`__exit__` kills the processes it started and deletes the namespaces, whatever happened.
-`clean()` removes what an earlier run left behind (killed with SIGKILL, say): only names that
-match `qm` + six hex digits + `-` or `_`.
+`__exit__` kills the processes it started and deletes everything whose name carries `P`,
+whatever happened, with SIGINT and SIGTERM held until it is done.
+
+A run owns its prefix through an owner file, `/run/quicmig/P.pid` (its PID and start time),
+written before anything is created and removed last (`owned()`). `clean()` removes what runs
+left behind (killed with SIGKILL, say): only names that match `qm` + six hex digits + `-` or
+`_`, and only of prefixes whose owner is gone; a run still going is skipped.
 
 Addresses are our own, in 10.199.0.0/16, and exist only inside these namespaces: nothing is
 routed anywhere else (the namespaces have no route out of 10.199.0.0/16).
@@ -48,16 +52,17 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
 
 from quicmig.errors import QuicmigError
-from quicmig.lab.system import Capabilities, in_ns, run
+from quicmig.lab.system import STOP_SIGNALS, Capabilities, in_ns, run, signals_held
 
 NAME = re.compile(r"^qm[0-9a-f]{6}[-_]")  # every name a lab run creates starts like this
+PREFIX = re.compile(r"qm[0-9a-f]{6}")  # and this is its run's prefix
 SERVER_IP = "10.199.0.2"
 ROUTER_SERVER_IP = "10.199.0.1"
 SERVER_PORT = 4433
@@ -67,6 +72,7 @@ PORT_SPAN = 1000
 PORT_RANGES = 20  # rebinding cycles through this many ranges
 STOP_TIMEOUT = 3.0  # seconds to wait for a process to exit after SIGTERM
 CAPTURE_START_TIMEOUT = 10.0  # seconds for dumpcap to say it is capturing
+OWNER_DIR = Path("/run/quicmig")  # <prefix>.pid: the run that owns the prefix (tmpfs: no reboot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,88 @@ INTERFACES = (WIFI, CELLULAR)
 def new_prefix() -> str:
     """A fresh per-run prefix: `qm` + six random hex digits."""
     return f"qm{secrets.token_hex(3)}"
+
+
+# --- owners: which prefixes belong to a run that is still going -----------------------------
+
+
+def owner_file(prefix: str) -> Path:
+    return OWNER_DIR / f"{prefix}.pid"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the name (field 2) may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def claim(prefix: str) -> None:
+    """Write the owner file of `prefix`: this process's PID and start time.
+
+    The start time guards against PID reuse: a dead run whose PID now belongs to another
+    process must not look alive to `clean()`.
+    """
+    pid = os.getpid()
+    try:
+        OWNER_DIR.mkdir(parents=True, exist_ok=True)
+        path = owner_file(prefix)
+        part = path.with_name(f"{path.name}.{pid}.part")
+        part.write_text(f"{pid} {_start_time(pid) or '-'}\n")
+        part.replace(path)  # atomic: `clean()` never reads half a file
+    except OSError as exc:
+        raise QuicmigError(f"cannot write the lab's owner file in {OWNER_DIR}: {exc}") from None
+
+
+def release(prefix: str) -> None:
+    with contextlib.suppress(OSError):
+        owner_file(prefix).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def owned(prefix: str) -> Iterator[None]:
+    """The run's owner file exists for the whole block; `clean()` leaves the prefix alone."""
+    claim(prefix)
+    try:
+        yield
+    finally:
+        release(prefix)
+
+
+def owner(prefix: str) -> int | None:
+    """The PID of the live run that owns `prefix`, or None (no owner file, or its run is gone)."""
+    try:
+        pid_text, _, start = owner_file(prefix).read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it exists, as another user's process
+    if start not in ("", "-") and _start_time(pid) not in (None, start):
+        return None  # the PID was reused: the run that wrote the file is gone
+    return pid
+
+
+def owner_prefixes() -> list[str]:
+    """Prefixes that have an owner file, of live runs or dead ones."""
+    try:
+        names = [path.name for path in OWNER_DIR.iterdir()]
+    except OSError:
+        return []
+    return sorted(
+        name.removesuffix(".pid")
+        for name in names
+        if name.endswith(".pid") and NAME.match(name.removesuffix(".pid") + "-")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +315,8 @@ class LabNetwork:
         self.generation = 0  # index of the NAT's port range
         self.moves: list[NetworkMove] = []
         self._t0 = time.monotonic()
-        self._previous_sigterm: signal._HANDLER = None
-        self._handles_sigterm = False
+        self._previous_handlers: dict[int, signal._HANDLER] = {}
+        self._stopping = False  # a signal has interrupted the run: ignore the next ones
 
     # --- names ---------------------------------------------------------------------------
 
@@ -262,10 +350,14 @@ class LabNetwork:
     # --- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> LabNetwork:
-        if threading.current_thread() is threading.main_thread():
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
-            self._handles_sigterm = True
         try:
+            claim(self.prefix)  # before anything exists: `clean()` must skip this run
+            if threading.current_thread() is threading.main_thread():
+                for sig in STOP_SIGNALS:
+                    # Only where nobody handles it yet: asyncio.run()'s SIGINT handler and
+                    # driver.run_stoppable() cancel the main task, whose cleanup tears down.
+                    if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                        self._previous_handlers[sig] = signal.signal(sig, self._interrupt)
             self.build()
         except BaseException:
             self.teardown()
@@ -278,12 +370,16 @@ class LabNetwork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.teardown()
+        remaining = self.teardown()
+        if remaining and exc_type is None:  # else the run's own failure is the news
+            raise QuicmigError(
+                f"could not remove {', '.join(remaining)}; `quicmig lab clean` retries"
+            )
 
     def build(self) -> None:
         for namespace in (self.client_ns, self.router_ns, self.server_ns):
+            self.created.append(namespace)  # before: an interrupted add may still have made it
             run(["ip", "netns", "add", namespace])
-            self.created.append(namespace)
             self._ip(namespace, "link", "set", "lo", "up")
             # IPv4 only: no IPv6 router solicitations and the like in the captures.
             for scope in ("all", "default"):
@@ -345,32 +441,37 @@ class LabNetwork:
         run(in_ns(self.router_ns, "nft", "-f", "-"), input=self._ruleset(create=True))
         self._shape()
 
-    def teardown(self) -> None:
-        """Stop every process, delete the nftables table and the namespaces (and so the veths).
+    def teardown(self) -> list[str]:
+        """Stop every process, delete the nftables table and the namespaces (and so the veths),
+        then whatever else carries the prefix, then the owner file.
 
-        Runs with SIGINT and SIGTERM ignored, so a second Ctrl-C cannot cut it short.
+        SIGINT and SIGTERM are held from start to end (`signals_held()`), so a second Ctrl-C
+        cannot cut it short; one that came is delivered afterwards, and ignored if a signal
+        already stopped the run. Removing by prefix, not only what was recorded, also gets
+        what an interrupted command made before it could be recorded. Returns what is left
+        (nothing, unless the kernel refused a delete).
         """
-        main = threading.current_thread() is threading.main_thread()
-        if main:
-            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            previous_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            for process in reversed(self.processes):
-                process.stop()
-            self.processes.clear()
-            if self.router_ns in self.created:
-                run(in_ns(self.router_ns, "nft", "delete", "table", "ip", self.table), check=False)
-            for namespace in reversed(self.created):
-                _delete_namespace(namespace)
-            self.created.clear()
+            with signals_held():
+                for process in reversed(self.processes):
+                    process.stop()
+                self.processes.clear()
+                if self.router_ns in self.created:
+                    run(
+                        in_ns(self.router_ns, "nft", "delete", "table", "ip", self.table),
+                        check=False,
+                    )
+                for namespace in reversed(self.created):
+                    _delete_namespace(namespace)
+                self.created.clear()
+                remove(leftovers(self.prefix))
+                remaining = leftovers(self.prefix)
+                release(self.prefix)
         finally:
-            if main:
-                signal.signal(signal.SIGINT, previous_int)
-                signal.signal(
-                    signal.SIGTERM,
-                    self._previous_sigterm if self._handles_sigterm else previous_term,
-                )
-                self._handles_sigterm = False
+            for sig, handler in self._previous_handlers.items():
+                signal.signal(sig, handler)
+            self._previous_handlers.clear()
+        return remaining
 
     # --- processes and captures --------------------------------------------------------------
 
@@ -492,6 +593,15 @@ class LabNetwork:
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        # The first SIGINT or SIGTERM stops the run; the next ones are dropped: raised while
+        # the first unwinds they can land inside threading's lock code ("release unlocked
+        # lock") or before the teardown has begun.
+        if self._stopping:
+            return
+        self._stopping = True
+        raise KeyboardInterrupt(f"signal {signum}")
+
     def _record(self, kind: str, detail: str, old_public: str, at: float) -> NetworkMove:
         move = NetworkMove(kind, at, detail, old_public, self.public, self.port_range)
         self.moves.append(move)
@@ -583,10 +693,6 @@ class LabNetwork:
         run(in_ns(self.router_ns, *args))
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
@@ -636,10 +742,9 @@ def leftovers(prefix: str | None = None) -> list[str]:
     return found
 
 
-def clean(prefix: str | None = None) -> list[str]:
-    """Remove what `leftovers(prefix)` finds; returns what was removed."""
-    removed = leftovers(prefix)
-    for item in removed:
+def remove(items: Sequence[str]) -> None:
+    """Delete items as `leftovers()` names them; failures are found by listing again."""
+    for item in items:
         kind, _, name = item.partition(" ")
         if kind == "namespace":
             _delete_namespace(name)
@@ -648,4 +753,51 @@ def clean(prefix: str | None = None) -> list[str]:
         else:
             family, _, table = name.partition(" ")
             run(["nft", "delete", "table", family, table], check=False)
-    return removed
+
+
+def prefix_of(item: str) -> str:
+    """`namespace qm12ab34-client` -> `qm12ab34`."""
+    name = item.partition(" ")[2].split(" ")[-1]
+    return name[:8]
+
+
+@dataclass(slots=True)
+class Cleanup:
+    """What `clean()` did: removed, left alone (their run is going), and could not remove."""
+
+    removed: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # prefix -> PID of its live run
+    failed: list[str] = field(default_factory=list)
+
+
+def clean(prefix: str | None = None) -> Cleanup:
+    """Remove the leftovers of runs that are gone (or all of `prefix`'s, whoever owns it).
+
+    Without `prefix`, every lab name is considered, and a prefix whose owner file names a
+    live process is skipped. Afterwards the names are listed again: `failed` is what is still
+    there (the deletes report nothing themselves). Owner files of dead runs go too.
+    """
+    result = Cleanup()
+    found = leftovers(prefix)
+    if prefix is not None:
+        targets = found
+        stale = [prefix] if owner_file(prefix).exists() else []
+    else:
+        prefixes = {prefix_of(item) for item in found} | set(owner_prefixes())
+        live = {p: pid for p in sorted(prefixes) if (pid := owner(p)) is not None}
+        in_use = {prefix_of(item) for item in found}
+        result.skipped = {p: pid for p, pid in live.items() if p in in_use}
+        targets = [item for item in found if prefix_of(item) not in live]
+        stale = [p for p in owner_prefixes() if p not in live]
+    # Never anything else, whatever the listing matched (the last guard before `ip link del`).
+    targets = [item for item in targets if PREFIX.fullmatch(prefix_of(item))]
+    remove(targets)
+    still = set(leftovers(prefix))
+    result.failed = [item for item in targets if item in still]
+    result.removed = [item for item in targets if item not in still]
+    for dead in stale:
+        if not any(prefix_of(item) == dead for item in result.failed):
+            release(dead)
+            if not owner_file(dead).exists():
+                result.removed.append(f"owner file {owner_file(dead)}")
+    return result

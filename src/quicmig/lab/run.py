@@ -4,6 +4,13 @@ network under the client mid-transfer, and pair each move with what the server o
 `run_lab(options)` returns a `LabResult`; everything it created is gone when it returns or
 raises (see `LabNetwork`). `on_move` is called after each network move, with the network and
 the processes, so that tests can inject a failure in the middle of a run.
+
+The verdict needs both views of the run: each move paired with the server's record of it
+(`pair()`: did the kernel's move reach the server's tracker as that move?), and the interop
+checks of `quicmig.core.checks` on the same record (`interop_checks()`: did the QUIC stack do
+what RFC 9000 and quic-interop-runner ask, e.g. PATH_CHALLENGE in the server's first packet
+on the new path?). The second is what `quicmig run` and `quicmig check` judge by; a lab run
+that passed on the first alone printed ✅ while `quicmig check` failed its own capture.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from quicmig.core import checks as check_mod
+from quicmig.core.results import Check, MigrationResult
 from quicmig.errors import InputError, QuicmigError
 from quicmig.lab.network import (
     SERVER_IP,
@@ -28,9 +37,11 @@ from quicmig.lab.network import (
     Process,
     Shaping,
     new_prefix,
+    owned,
 )
 from quicmig.lab.system import Capabilities, detect
 from quicmig.live.certs import CertPaths, write
+from quicmig.model.scenario import STACKS, Expectation
 
 KINDS = ("nat-rebinding", "network-switch", "ip-change")
 EXPECTED = {  # RFC 9000 section 9.3: what the server's tracker must call each move
@@ -54,6 +65,7 @@ class LabOptions:
     gap: float = 0.2  # seconds without a route during a network switch
     pcap_dir: Path | None = None
     timeout: float = 5.0  # seconds for each request of the client
+    stack: str = "stock"  # the server's: stock aioquic, or quicmig's server-side extensions
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -86,8 +98,43 @@ def validate(options: LabOptions) -> None:
         raise InputError(f"--gap {options.gap:g}: between 0 and 10 seconds")
     if not 0 < options.timeout <= 300:
         raise InputError(f"--timeout {options.timeout:g}: between 0 and 300 seconds")
-    if options.pcap_dir is not None and options.pcap_dir.exists() and not options.pcap_dir.is_dir():
-        raise InputError(f"--pcap {options.pcap_dir}: exists and is not a directory")
+    if options.stack not in STACKS:
+        raise InputError(f"--stack {options.stack!r}: allowed: {', '.join(STACKS)}")
+    if options.pcap_dir is not None:
+        check_output_dir(options.pcap_dir, "--pcap")
+
+
+def _writable(directory: Path) -> bool:
+    """Can a file be made in `directory`? Tried, not asked: os.access() says yes to root
+    everywhere, /proc and read-only mounts included."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".quicmig-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse a file that could not be written, before anything is built (InputError)."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
+    if not _writable(parent):
+        raise InputError(f"{flag} {path}: cannot create files in {parent}")
+
+
+def check_output_dir(path: Path, flag: str) -> None:
+    """Refuse a directory that could not be made or written to, before anything is built."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a directory" if existing == path else f"{existing} is a file"
+        raise InputError(f"{flag} {path}: {what}")
+    if not _writable(existing):
+        raise InputError(f"{flag} {path}: cannot create files in {existing}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +159,7 @@ class LabResult:
     messages: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    checks: list[Check] = field(default_factory=list)
 
     @property
     def download_intact(self) -> bool | None:
@@ -122,7 +170,13 @@ class LabResult:
 
     @property
     def passed(self) -> bool:
-        return all(m.confirmed for m in self.moves) and self.download_intact is not False
+        # Every view must agree (see the module docstring); an unsupported check (None) is
+        # not a pass either.
+        return (
+            all(m.confirmed for m in self.moves)
+            and self.download_intact is not False
+            and all(c.passed is True for c in self.checks)
+        )
 
     def to_json(self) -> dict[str, Any]:
         options = asdict(self.options)
@@ -138,6 +192,7 @@ class LabResult:
                 "missing": list(self.capabilities.missing),
             },
             "options": options,
+            "checks": [asdict(c) for c in self.checks],
             "moves": [
                 {
                     **asdict(m.move),
@@ -200,6 +255,38 @@ def pair(moves: Sequence[NetworkMove], record: dict[str, Any]) -> list[MoveResul
     return out
 
 
+def interop_checks(kinds: Sequence[str], record: dict[str, Any]) -> list[Check]:
+    """`quicmig.core.checks.migration_checks` on the server's record of the connection.
+
+    The moves are passive (the client never knew, RFC 9000 section 9.3), so no network change
+    is active and the new-DCID check does not apply. The record counts every PATH_CHALLENGE
+    the server sent, probes of the old path (`--stack quicmig`) included; the interop check
+    asks only about those in its first packet on each new path. Until the live server's
+    record carries those (`first_packet_challenges_sent` / `_answered`), they are read off
+    the migrations: one challenge per first packet that had one, answered when the path
+    was validated.
+    """
+    names = {f.name for f in fields(MigrationResult)}
+    migrations = [
+        MigrationResult(**{k: v for k, v in m.items() if k in names})
+        for m in record.get("migrations", [])
+    ]
+    sent = record.get("first_packet_challenges_sent")
+    answered = record.get("first_packet_challenges_answered")
+    if sent is None or answered is None:
+        first = [m for m in migrations if m.first_packet_had_challenge]
+        sent, answered = len(first), sum(m.validated_at is not None for m in first)
+    return check_mod.migration_checks(
+        Expectation(migrations=tuple(EXPECTED[kind] for kind in kinds)),
+        migrations,
+        [],
+        len(record.get("paths_seen", [])),
+        int(sent),
+        int(answered),
+        len(record.get("cid_rotations", [])),
+    )
+
+
 Log = Callable[[str], None]
 OnMove = Callable[[LabNetwork, NetworkMove, dict[str, Process]], None]
 
@@ -215,28 +302,29 @@ def run_lab(
     """Build, run, tear down. Raises QuicmigError when the run itself breaks."""
     validate(options)
     prefix = prefix or new_prefix()
-    caps = capabilities or detect(f"{prefix}-probe")
-    if capabilities is None:
-        for line in caps.missing:
-            log(f"⚠️  {line}")
-    if options.pcap_dir is not None and not caps.dumpcap:
-        raise QuicmigError("--pcap needs dumpcap (package tshark): apt-get install -y tshark")
-    started = time.monotonic()
-    result = LabResult(prefix, caps, options)
-    shaping = Shaping(options.rate_mbit, options.delay_ms, options.loss_pct)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp:
-        workdir = Path(tmp)
-        certs = CertPaths.in_dir(workdir)
-        write(certs)
-        with LabNetwork(prefix, shaping, caps, workdir) as net:
-            log(
-                f"🧪 Lab {prefix}: namespaces {net.client_ns}, {net.router_ns}, {net.server_ns}; "
-                f"NAT table {net.table}"
-            )
-            if options.pcap_dir is not None:
-                captures = net.start_captures(options.pcap_dir.resolve())
-                result.files += [str(path) for path in captures]
-            _session(net, options, certs, result, log, on_move)
+    with owned(prefix):  # from before the probe: `quicmig lab clean` leaves this run alone
+        caps = capabilities or detect(f"{prefix}-probe")
+        if capabilities is None:
+            for line in caps.missing:
+                log(f"⚠️  {line}")
+        if options.pcap_dir is not None and not caps.dumpcap:
+            raise QuicmigError("--pcap needs dumpcap (package tshark): apt-get install -y tshark")
+        started = time.monotonic()
+        result = LabResult(prefix, caps, options)
+        shaping = Shaping(options.rate_mbit, options.delay_ms, options.loss_pct)
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp:
+            workdir = Path(tmp)
+            certs = CertPaths.in_dir(workdir)
+            write(certs)
+            with LabNetwork(prefix, shaping, caps, workdir) as net:
+                log(
+                    f"🧪 Lab {prefix}: namespaces {net.client_ns}, {net.router_ns}, "
+                    f"{net.server_ns}; NAT table {net.table}; server stack {options.stack}"
+                )
+                if options.pcap_dir is not None:
+                    captures = net.start_captures(options.pcap_dir.resolve())
+                    result.files += [str(path) for path in captures]
+                _session(net, options, certs, result, log, on_move)
     result.seconds = time.monotonic() - started
     return result
 
@@ -254,6 +342,7 @@ def _session(
         [
             sys.executable, "-m", "quicmig", "server", "--host", SERVER_IP,
             "--port", str(SERVER_PORT), "--cert", str(certs.cert), "--key", str(certs.key),
+            "--stack", options.stack,
         ],
     )  # fmt: skip
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -274,7 +363,7 @@ def _session(
         args += ["--download", str(options.download)]
     if keylog is not None:
         args += ["--secrets-log", str(keylog.resolve())]
-        result.files.append(str(keylog))
+        result.files.append(str(keylog.resolve()))
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     client = net.spawn(net.client_ns, args, stdin=True)
 
@@ -337,3 +426,4 @@ def _session(
         elif name == "error":
             raise QuicmigError(f"the client failed: {event['message']}; server: {server.tail(2)}")
     result.moves = pair(net.moves, result.record)
+    result.checks = interop_checks(options.migrate, result.record)

@@ -2,23 +2,30 @@
 
 Every command goes through `run()` so that a failure becomes a QuicmigError naming the command
 and the kernel's answer. Nothing here changes the machine except the probe namespace of
-`detect()`, which is created with the run prefix and deleted at once.
+`detect()`, which is created with the run prefix and deleted at once, with SIGINT and SIGTERM
+held (`signals_held()`) so that no Ctrl-C can fall between the two.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import FrameType
 
 from quicmig.errors import QuicmigError
 
 CAP_NET_ADMIN = 12  # bit in /proc/self/status CapEff (linux/capability.h)
 CAP_SYS_ADMIN = 21  # `ip netns add` mounts a namespace file under /run/netns
 COMMAND_TIMEOUT = 10.0  # seconds; ip/nft/tc return in milliseconds
+
+CAPABILITIES = (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_SYS_ADMIN", CAP_SYS_ADMIN))
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 NEEDS_ROOT = (
     "quicmig lab needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces, "
@@ -41,6 +48,9 @@ def run(args: Sequence[str], *, check: bool = True, input: str | None = None) ->
             text=True,
             timeout=COMMAND_TIMEOUT,
             check=False,
+            # Out of the terminal's process group: a Ctrl-C is ours to handle; killed
+            # halfway, `nft -f` or `ip` would turn it into a failed command of their own.
+            process_group=0,
         )
     except FileNotFoundError:
         raise QuicmigError(
@@ -74,12 +84,55 @@ def _capabilities() -> int:
     return 0
 
 
-def privileged() -> bool:
-    """Root, or both capabilities that namespaces and netfilter need."""
-    if os.geteuid() == 0:
-        return True
+def missing_capabilities() -> list[str]:
+    """The capabilities the lab needs that this process does not have in effect.
+
+    Read from CapEff, not from the euid: root in a container started without --cap-add has
+    uid 0 and neither capability.
+    """
     caps = _capabilities()
-    return bool(caps >> CAP_NET_ADMIN & 1) and bool(caps >> CAP_SYS_ADMIN & 1)
+    return [name for name, bit in CAPABILITIES if not caps >> bit & 1]
+
+
+def privileged() -> bool:
+    """Both capabilities that namespaces (CAP_SYS_ADMIN) and netfilter (CAP_NET_ADMIN) need."""
+    return not missing_capabilities()
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then deliver each that came, once.
+
+    For code that must not be cut short (creating and deleting OS state). Two layers, because
+    blocking alone is not enough: the mask (pthread_sigmask) keeps the kernel from delivering
+    to this thread, and the commands started meanwhile inherit it; but a process-directed
+    signal still reaches the threads that do not block it, and CPython then runs the Python
+    handler in the main thread anyway, so the handlers are swapped for one that only takes
+    note. Outside the main thread nothing can be swapped, and no handler runs there: a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if signum not in held:
+            held.append(signum)
+
+    previous: dict[int, signal._HANDLER] = {}
+    mask: set[int | signal.Signals] | None = None
+    try:
+        for stop in STOP_SIGNALS:
+            previous[stop] = signal.signal(stop, hold)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # pending ones reach `handler` now
+        for signum in held:
+            signal.raise_signal(signum)  # late, but not lost: the handler of before decides
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +146,12 @@ class Capabilities:
 
 def require() -> None:
     """Raise QuicmigError saying what is needed when the lab cannot run here at all."""
-    if not privileged():
-        raise QuicmigError(NEEDS_ROOT)
+    missing = missing_capabilities()
+    if missing:
+        raise QuicmigError(
+            f"{' and '.join(missing)} missing from this process's effective capabilities "
+            f"(/proc/self/status CapEff): {NEEDS_ROOT}"
+        )
     absent = [tool for tool in ("ip", "nft", "conntrack", "tc") if shutil.which(tool) is None]
     if absent:
         raise QuicmigError(
@@ -108,26 +165,31 @@ def detect(probe_namespace: str) -> Capabilities:
     The probe namespace is deleted before this returns, whatever happens.
     """
     require()
-    try:
-        run(["ip", "netns", "add", probe_namespace])
-    except QuicmigError as exc:
-        raise QuicmigError(
-            f"cannot create a network namespace ({exc}); {NEEDS_ROOT}. In a container, "
-            "/run/netns must be writable and the container needs CAP_SYS_ADMIN"
-        ) from None
-    try:
-        run(in_ns(probe_namespace, "nft", "list", "tables"))
-        netem = (
-            subprocess.run(
-                in_ns(probe_namespace, "tc", "qdisc", "add", "dev", "lo", "root", "netem"),
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-            ).returncode
-            == 0
-        )
-    finally:
-        run(["ip", "netns", "delete", probe_namespace], check=False)
+    # Held for the whole probe (tens of milliseconds): a Ctrl-C waits until the namespace is
+    # gone. The add is inside the try: if it fails, the delete finds nothing (the name is
+    # this run's, nobody else's).
+    with signals_held():
+        try:
+            try:
+                run(["ip", "netns", "add", probe_namespace])
+            except QuicmigError as exc:
+                raise QuicmigError(
+                    f"cannot create a network namespace ({exc}); {NEEDS_ROOT}. In a container, "
+                    "/run/netns must be writable and the container needs CAP_SYS_ADMIN"
+                ) from None
+            run(in_ns(probe_namespace, "nft", "list", "tables"))
+            netem = (
+                subprocess.run(
+                    in_ns(probe_namespace, "tc", "qdisc", "add", "dev", "lo", "root", "netem"),
+                    capture_output=True,
+                    timeout=COMMAND_TIMEOUT,
+                    check=False,
+                    process_group=0,
+                ).returncode
+                == 0
+            )
+        finally:
+            run(["ip", "netns", "delete", probe_namespace], check=False)
     dumpcap = shutil.which("dumpcap") is not None
     missing = []
     if not netem:
