@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quicmig.commands.client import parse_size
+from quicmig.core.results import check_output_file
 from quicmig.errors import QuicmigError
 from quicmig.lab import network, system
 from quicmig.lab.run import (
@@ -17,7 +18,6 @@ from quicmig.lab.run import (
     LabOptions,
     LabResult,
     MoveResult,
-    check_output_file,
     parse_kinds,
     run_lab,
     validate,

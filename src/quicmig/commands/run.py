@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from quicmig.core.results import SCHEMA, Result, write_atomically
+from quicmig.core.results import (
+    SCHEMA,
+    Result,
+    check_output_dir,
+    check_output_file,
+    write_atomically,
+)
 from quicmig.errors import InputError
 from quicmig.model.loader import builtin_names, load_scenario
 from quicmig.model.scenario import STACKS, Scenario
@@ -96,26 +101,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
-def _check_parent(path: Path | None, flag: str) -> None:
-    """Refuse an output file that cannot be written, before anything runs or is written."""
-    if path is None:
-        return
-    if not path.parent.is_dir():
-        raise InputError(f"{flag} {path}: directory {path.parent} does not exist; create it first")
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory; give a file name")
-    if not os.access(path.parent, os.W_OK):
-        raise InputError(f"{flag} {path}: directory {path.parent} is not writable")
-
-
 def _check_outputs(args: argparse.Namespace) -> None:
     for flag in ("json", "pcap", "keylog", "plot"):
-        _check_parent(getattr(args, flag), f"--{flag}")
+        if (path := getattr(args, flag)) is not None:
+            check_output_file(path, f"--{flag}")
     if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
         raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
     for flag, value in (("--qlog-dir", args.qlog_dir), ("--out", args.out)):
-        if value is not None and value.exists() and not value.is_dir():
-            raise InputError(f"{flag} {value}: exists and is not a directory")
+        if value is not None:
+            check_output_dir(value, flag)
 
 
 def _dump(results: list[Result], path: Path, series: bool) -> None:

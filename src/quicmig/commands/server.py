@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 from dataclasses import replace
 from pathlib import Path
 
 from quicmig.core.datagram import Address, format_address
+from quicmig.core.results import check_output_dir
 from quicmig.errors import InputError
 from quicmig.live.certs import CERT_FILE, KEY_FILE, SAN_IPS, SAN_NAMES, CertPaths, write
 from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT, LiveServer
@@ -134,14 +134,7 @@ def run(args: argparse.Namespace) -> int:
         listen = [(_host(args.host, "--host"), args.port)]
     preferred = parse_preferred(args.preferred_address, listen)
     if args.qlog_dir is not None:  # qlogs are written on exit: find out now that they can be
-        try:
-            args.qlog_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(
-                f"--qlog-dir {args.qlog_dir}: cannot create it ({exc.strerror})"
-            ) from None
-        if not os.access(args.qlog_dir, os.W_OK):
-            raise InputError(f"--qlog-dir {args.qlog_dir}: not writable; choose another folder")
+        check_output_dir(args.qlog_dir, "--qlog-dir")
     paths = CertPaths.beside(args.cert, args.key)
     if not paths.cert.exists() and not paths.key.exists():
         write(paths)

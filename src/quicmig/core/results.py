@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -125,21 +124,35 @@ def write_atomically(path: Path, text: str) -> None:
         raise QuicmigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _writable(directory: Path) -> bool:
+    """Can a file be made in `directory`? Tried, not asked: os.access() says yes to root
+    everywhere, /proc and read-only mounts included."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".quicmig-probe-"):
+            return True
+    except OSError:
+        return False
+
+
 def check_output_file(path: Path, flag: str) -> None:
-    """Refuse an output file that cannot be written, before anything runs or is written:
-    its directory must exist and take a new file (tried for real: as root, os.access says
-    yes to /proc), and the path must not be a directory."""
+    """Refuse an output file that cannot be written, before anything runs or is written
+    (InputError): its directory must exist and take a new file, and it is no directory."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file name")
     parent = path.parent
     if not parent.is_dir():
         raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory; give a file name")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-    except OSError as exc:
-        raise InputError(
-            f"{flag} {path}: cannot create files in {parent} ({exc.strerror or exc}); "
-            "choose another directory"
-        ) from None
-    os.close(handle)
-    os.unlink(probe)
+    if not _writable(parent):
+        raise InputError(f"{flag} {path}: cannot create files in {parent}; choose another")
+
+
+def check_output_dir(path: Path, flag: str) -> None:
+    """Refuse an output directory that could not be made or written to (InputError)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a directory" if existing == path else f"{existing} is a file"
+        raise InputError(f"{flag} {path}: {what}")
+    if not _writable(existing):
+        raise InputError(f"{flag} {path}: cannot create files in {existing}; choose another")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from quicmig.core import checks as check_mod
-from quicmig.core.results import Check, MigrationResult
+from quicmig.core.results import Check, MigrationResult, check_output_dir
 from quicmig.errors import InputError, QuicmigError
 from quicmig.lab.network import (
     SERVER_IP,
@@ -102,39 +102,6 @@ def validate(options: LabOptions) -> None:
         raise InputError(f"--stack {options.stack!r}: allowed: {', '.join(STACKS)}")
     if options.pcap_dir is not None:
         check_output_dir(options.pcap_dir, "--pcap")
-
-
-def _writable(directory: Path) -> bool:
-    """Can a file be made in `directory`? Tried, not asked: os.access() says yes to root
-    everywhere, /proc and read-only mounts included."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".quicmig-probe-"):
-            return True
-    except OSError:
-        return False
-
-
-def check_output_file(path: Path, flag: str) -> None:
-    """Refuse a file that could not be written, before anything is built (InputError)."""
-    if path.is_dir():
-        raise InputError(f"{flag} {path}: is a directory; give a file name")
-    parent = path.parent
-    if not parent.is_dir():
-        raise InputError(f"{flag} {path}: directory {parent} does not exist; create it first")
-    if not _writable(parent):
-        raise InputError(f"{flag} {path}: cannot create files in {parent}")
-
-
-def check_output_dir(path: Path, flag: str) -> None:
-    """Refuse a directory that could not be made or written to, before anything is built."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "exists and is not a directory" if existing == path else f"{existing} is a file"
-        raise InputError(f"{flag} {path}: {what}")
-    if not _writable(existing):
-        raise InputError(f"{flag} {path}: cannot create files in {existing}")
 
 
 @dataclass(frozen=True, slots=True)
