@@ -88,6 +88,11 @@ def test_each_kind_is_observed_by_the_server(certs: CertPaths, kind: str, mode: 
         (seen,) = record["migrations"]  # the same, fetched over the connection
         assert seen["new_peer"] == format_address(move.new_local)
         assert seen["validation_rtt"] is not None
+        first = tracker.first_packet_challenges
+        assert record["first_packet_challenges_sent"] == len(first)
+        assert record["first_packet_challenges_answered"] == sum(
+            c.answered_at is not None for c in first
+        )
         if kind == "nat-rebinding":
             assert (
                 move.new_local[0] == move.old_local[0] != "" and mig.new_peer[1] != mig.old_peer[1]

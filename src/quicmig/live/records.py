@@ -23,6 +23,7 @@ def connection_record(
 ) -> dict[str, Any]:
     tracker = server_conn.tracker
     challenges = tracker.challenges
+    first = tracker.first_packet_challenges
     return {
         "schema": SCHEMA,
         "connection": number,
@@ -38,6 +39,9 @@ def connection_record(
         ],
         "challenges_sent": len(challenges),
         "challenges_answered": sum(c.answered_at is not None for c in challenges),
+        # the interop check's: only those in the server's first packet on each new path
+        "first_packet_challenges_sent": len(first),
+        "first_packet_challenges_answered": sum(c.answered_at is not None for c in first),
         "lost_packets": len(tracker.lost_packets),
         "sent_sha256": {str(k): v for k, v in server_conn.app.sent_digests.items()},
     }
