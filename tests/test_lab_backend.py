@@ -21,10 +21,11 @@ import pytest
 from quicmig.cli import main
 from quicmig.core.results import NetworkChange
 from quicmig.errors import QuicmigError
-from quicmig.lab.driver import LabDriver, not_emulated, run_stoppable
+from quicmig.lab.driver import LabDriver, not_emulated
 from quicmig.lab.network import leftovers, namespaces, new_prefix, owner_file
 from quicmig.lab.system import unavailable
 from quicmig.live.runner import LiveOptions, run_live
+from quicmig.live.stop import run_stoppable
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import NatRebind, TimelineEvent
 from quicmig.model.topology import LinkProfile

@@ -221,9 +221,8 @@ def _report_one(
 def _run_live(args: argparse.Namespace, console: Console) -> int:
     """One scenario over real UDP through `quicmig proxy`, or through the namespace lab
     (`--backend lab`, quicmig.lab.driver); see quicmig.live.runner."""
-    import asyncio
-
     from quicmig.live.runner import LiveOptions, run_live
+    from quicmig.live.stop import run_stoppable
 
     backend = args.backend
     if args.target == "all":
@@ -238,7 +237,7 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
         args.qlog_dir.mkdir(parents=True, exist_ok=True)
     options = LiveOptions(seed=args.seed, keylog=args.keylog, qlog_dir=args.qlog_dir)
     if backend == "lab":
-        from quicmig.lab.driver import LabDriver, run_stoppable
+        from quicmig.lab.driver import LabDriver
         from quicmig.lab.system import require
 
         require()  # root and the tools, before anything is created
@@ -259,7 +258,7 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
         from quicmig.proxy.driver import ProxyDriver
 
         driver = ProxyDriver(scenario, args.seed, pcap=args.pcap)
-        result = asyncio.run(run_live(scenario, driver, options))
+        result = run_stoppable(run_live(scenario, driver, options))
     if args.pcap is not None:
         result.files["pcap"] = str(args.pcap)
     _report_one(console, scenario, result, args)

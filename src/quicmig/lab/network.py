@@ -59,7 +59,8 @@ from types import FrameType, TracebackType
 from typing import IO
 
 from quicmig.errors import QuicmigError
-from quicmig.lab.system import STOP_SIGNALS, Capabilities, in_ns, run, signals_held
+from quicmig.lab.system import Capabilities, in_ns, run, signals_held
+from quicmig.live.stop import STOP_SIGNALS
 
 NAME = re.compile(r"^qm[0-9a-f]{6}[-_]")  # every name a lab run creates starts like this
 PREFIX = re.compile(r"qm[0-9a-f]{6}")  # and this is its run's prefix

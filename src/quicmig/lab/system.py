@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from types import FrameType
 
 from quicmig.errors import QuicmigError
+from quicmig.live.stop import STOP_SIGNALS
 
 CAP_NET_ADMIN = 12  # bit in /proc/self/status CapEff (linux/capability.h)
 CAP_SYS_ADMIN = 21  # `ip netns add` mounts a namespace file under /run/netns
 COMMAND_TIMEOUT = 10.0  # seconds; ip/nft/tc return in milliseconds
 
 CAPABILITIES = (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_SYS_ADMIN", CAP_SYS_ADMIN))
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 NEEDS_ROOT = (
     "quicmig lab needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces, "

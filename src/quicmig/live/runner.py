@@ -201,17 +201,20 @@ async def _run(
                 changes.append(await driver.apply(event, server.now()))
 
         events = asyncio.ensure_future(timeline())
-        # The workload ends, or the connection does, or the scenario's time is up.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                client.workload.scenario_done.wait(), max(0.0, scenario.duration - server.now())
-            )
-        if client.closed is not None:
-            checks.append(Check("connection", False, f"closed: {client.closed.reason}"))
-        # Events due during a short linger still run; the rest of the timeline is cut.
-        await asyncio.sleep(min(LINGER, max(0.0, scenario.duration - server.now())))
-        events.cancel()
-        (outcome,) = await asyncio.gather(events, return_exceptions=True)
+        try:
+            # The workload ends, or the connection does, or the scenario's time is up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    client.workload.scenario_done.wait(),
+                    max(0.0, scenario.duration - server.now()),
+                )
+            if client.closed is not None:
+                checks.append(Check("connection", False, f"closed: {client.closed.reason}"))
+            # Events due during a short linger still run; the rest of the timeline is cut.
+            await asyncio.sleep(min(LINGER, max(0.0, scenario.duration - server.now())))
+        finally:  # also when the run is cancelled (Ctrl-C): the task's outcome is retrieved
+            events.cancel()
+            (outcome,) = await asyncio.gather(events, return_exceptions=True)
         if isinstance(outcome, Exception):  # the network could not do an event: the run broke
             raise outcome
         with contextlib.suppress(QuicmigError):
