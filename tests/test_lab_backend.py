@@ -21,13 +21,13 @@ import pytest
 from quicmig.cli import main
 from quicmig.core.results import NetworkChange
 from quicmig.errors import QuicmigError
-from quicmig.lab.driver import LabDriver, not_emulated
+from quicmig.lab.driver import LabDriver, lab_interfaces, not_emulated
 from quicmig.lab.network import leftovers, namespaces, new_prefix, owner_file
 from quicmig.lab.system import unavailable
 from quicmig.live.runner import LiveOptions, run_live
 from quicmig.live.stop import run_stoppable
 from quicmig.model.loader import load_scenario
-from quicmig.model.scenario import NatRebind, TimelineEvent
+from quicmig.model.scenario import NatRebind, Switch, SwitchMode, TimelineEvent
 from quicmig.model.topology import LinkProfile
 
 UNAVAILABLE = unavailable(f"{new_prefix()}-probe")
@@ -138,6 +138,21 @@ def test_events_the_lab_cannot_do_are_named() -> None:
     blackhole = load_scenario("blackhole").timeline[0]
     assert "not built in the lab" in (driver.unsupported(blackhole) or "")
     assert driver.unsupported(load_scenario("nat-rebinding").timeline[0]) is None
+
+
+def test_client_interfaces_run_on_the_labs_by_name_or_in_order() -> None:
+    assert {k: v.name for k, v in lab_interfaces(["cellular", "wifi"]).items()} == {
+        "cellular": "cellular",
+        "wifi": "wifi",
+    }
+    assert {k: v.name for k, v in lab_interfaces(["eth0"]).items()} == {"eth0": "wifi"}
+    three = lab_interfaces(["a", "b", "c"])
+    assert [v.name for v in three.values()] == ["wifi", "cellular"] and "c" not in three
+    # The interop topology's single eth0: a rebinding runs; a switch elsewhere is named.
+    driver = LabDriver(load_scenario("rebind-port"), 1)
+    assert driver.unsupported(load_scenario("rebind-port").timeline[0]) is None
+    away = Switch(1.0, "client", "eth1", SwitchMode.BREAK_BEFORE_MAKE, True, 0.0, 1.0)
+    assert "no room for interface 'eth1'" in (driver.unsupported(away) or "")
 
 
 class _FailingDriver(LabDriver):

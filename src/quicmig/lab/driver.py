@@ -23,11 +23,13 @@ passive migration: same connection ID, so `active` is false in the network chang
   NAT maps it to a new public address (`address_change`).
 
 Reported unsupported, with the reason: rebindings that move the NAT's public address,
-make-before-break switches, interface down/up, link changes, and any interface other than the
-lab's `wifi` and `cellular`. Link impairments: the rate of each interface's link applies (tbf on
-the router); delay and loss only with netem, which is missing from some kernels. What is left
-out is said once, one line per link and impairment, through `log` when the network is placed,
-and kept in the Result's `stats.lab.not_emulated`.
+make-before-break switches, interface down/up, link changes. The scenario's client interfaces
+run on the lab's `wifi` and `cellular`: by name, or, for a client with other names (the interop
+topology's single `eth0`), in their order; a third interface is unsupported. Link
+impairments: the rate of each interface's link applies (tbf on the router); delay and loss
+only with netem, which is missing from some kernels. What is left out is said once, one line
+per link and impairment, through `log` when the network is placed, and kept in the Result's
+`stats.lab.not_emulated`.
 
 The client PINGs after 0.1 s without sending (`CLIENT_KEEPALIVE`, as `quicmig lab` does), so a
 client that only receives is heard from its new address once the kernel has moved it.
@@ -39,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,8 +77,13 @@ CLIENT_KEEPALIVE = 0.1  # seconds without sending before the client PINGs
 T = TypeVar("T")
 
 
-def _lab_interface(name: str) -> Interface | None:
-    return next((i for i in INTERFACES if i.name == name), None)
+def lab_interfaces(names: Sequence[str]) -> dict[str, Interface]:
+    """The lab interface each of the client's interfaces runs on: by name where the scenario
+    uses the lab's (wifi, cellular), else in order; a third interface is left out."""
+    by_name = {i.name: i for i in INTERFACES}
+    if set(names) <= set(by_name):
+        return {name: by_name[name] for name in names}
+    return dict(zip(names, INTERFACES, strict=False))
 
 
 def _iface_name(ref: str) -> str:
@@ -146,6 +153,7 @@ class LabDriver:
         topology = scenario.topology
         self.client_host = topology.clients[0]
         self.start_iface = scenario.client.interface or self.client_host.interfaces[0].name
+        self.lab_of = lab_interfaces([i.name for i in self.client_host.interfaces])
         self.scenario = scenario
         self.seed = seed
         self.prefix = prefix or new_prefix()
@@ -159,11 +167,18 @@ class LabDriver:
 
     # --- setup ---------------------------------------------------------------------------
 
-    def _profile(self, iface: str) -> LinkProfile | None:
-        names = {i.name for i in self.client_host.interfaces}
-        if iface not in names:
+    def _profile(self, lab: Interface) -> LinkProfile | None:
+        """The link profile of the scenario's interface that runs on `lab`, if any."""
+        for name, used in self.lab_of.items():
+            if used is lab:
+                return self.scenario.topology.link_of(self.client_host.name, name).profile
+        return None
+
+    def _unknown(self, ref: str) -> str | None:
+        """Why the lab cannot use the client interface `ref` (`client.eth2` or `eth2`)."""
+        if _iface_name(ref) in self.lab_of:
             return None
-        return self.scenario.topology.link_of(self.client_host.name, iface).profile
+        return f"no room for interface {ref!r} in the lab (two client interfaces: wifi, cellular)"
 
     def _shaping(self, profile: LinkProfile) -> Shaping:
         return Shaping(
@@ -173,23 +188,21 @@ class LabDriver:
         )
 
     async def place(self) -> Placement:
-        start = _lab_interface(self.start_iface)
-        if start is None:
-            raise QuicmigError(
-                f"scenario {self.scenario.name}: the client starts on {self.start_iface!r}; "
-                "the lab's client has `wifi` and `cellular` only"
-            )
+        start = self.lab_of[self.start_iface]  # the scenario checked that the client has it
         self._stack.enter_context(owned(self.prefix))  # before the probe: see network.clean
         caps = self.capabilities or detect(f"{self.prefix}-probe")
         if self.pcap is not None and not caps.dumpcap:
             raise QuicmigError("--pcap needs dumpcap (package tshark): apt-get install -y tshark")
-        profile = self._profile(start.name)
+        profile = self._profile(start)
         assert profile is not None
         shaping = self._shaping(profile)
-        profiles = {i.name: p for i in INTERFACES if (p := self._profile(i.name)) is not None}
+        profiles = {i.name: p for i in INTERFACES if (p := self._profile(i)) is not None}
         self.not_emulated = not_emulated(profiles, start.name, caps.netem)
+        renamed = [
+            f"{name} runs on {lab.name}" for name, lab in self.lab_of.items() if name != lab.name
+        ]
         if self.log is not None:
-            for line in self.not_emulated:
+            for line in [*(f"client interface {r}" for r in renamed), *self.not_emulated]:
                 self.log(line)
         workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="qm-lab-")))
         net = self._stack.enter_context(LabNetwork(self.prefix, shaping, caps, workdir))
@@ -199,7 +212,7 @@ class LabDriver:
         # Each interface at its own link's rate (LabNetwork shapes both like the first).
         if not (caps.netem and (shaping.delay_ms > 0 or shaping.loss_pct > 0)):
             for interface in INTERFACES:
-                other = self._profile(interface.name)
+                other = self._profile(interface)
                 if other is not None and interface is not start:
                     _tbf(net, interface, (other.rate or 0.0) / 1e6)
         if start is not WIFI:
@@ -230,13 +243,9 @@ class LabDriver:
             case Switch(mode=mode) if mode is not SwitchMode.BREAK_BEFORE_MAKE:
                 return f"{mode.value} switches are not built; the lab does break-before-make"
             case Switch(to=to):
-                if _lab_interface(to) is None:
-                    return f"no interface {to!r} in the lab (it has wifi and cellular)"
-                return None
+                return self._unknown(to)
             case AddressChange(iface=ref):
-                if _lab_interface(_iface_name(ref)) is None:
-                    return f"no interface {ref!r} in the lab (it has wifi and cellular)"
-                return None
+                return self._unknown(ref)
         kind = type(event).__name__
         return f"{kind} is not built in the lab (it does nat-rebind, switch, address-change)"
 
@@ -254,14 +263,12 @@ class LabDriver:
                 move = await asyncio.to_thread(net.rebind)
                 return self._change(move.at + offset, "nat-rebind", f"{nat}: {move.detail}", move)
             case Switch(to=to, gap=gap):
-                target = _lab_interface(to)
-                if target is not None and target is net.current:
+                if self.lab_of.get(to) is net.current:
                     raise QuicmigError(f"switch to {to}: the client is already on it")
                 move = await asyncio.to_thread(net.switch, gap)
                 return self._change(move.at + offset, "switch", move.detail, move)
             case AddressChange(iface=ref):
-                interface = _lab_interface(_iface_name(ref))
-                if interface is not net.current:
+                if self.lab_of.get(_iface_name(ref)) is not net.current:
                     raise QuicmigError(
                         f"address-change on {ref}: the client is on {net.current.name} now"
                     )
