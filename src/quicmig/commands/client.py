@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,6 +34,7 @@ from quicmig.live.client import (
 )
 from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT
 from quicmig.model.scenario import MAX_DOWNLOAD
+from quicmig.model.settings import check_seconds
 from quicmig.report.table import make_console
 
 SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
@@ -180,9 +180,7 @@ def run(args: argparse.Namespace) -> int:
         ):
             raise InputError("--addresses: use the same IP version as the server address")
     for name in ("interval", "gap", "timeout"):
-        value = getattr(args, name)
-        if not math.isfinite(value) or value < 0 or (name == "timeout" and value == 0):
-            raise InputError(f"--{name} {value}: must be a positive number of seconds")
+        check_seconds(getattr(args, name), f"--{name}", zero=name != "timeout")
     if args.messages < 0:
         raise InputError(f"--messages {args.messages}: must be 0 or more")
     size = parse_size(args.download) if args.download is not None else None

@@ -17,7 +17,8 @@ from typing import Any
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.results import check_output_file
 from quicmig.errors import InputError
-from quicmig.model.settings import apply_link_settings
+from quicmig.live.stop import STOP_SIGNALS
+from quicmig.model.settings import apply_link_settings, check_seconds
 from quicmig.proxy.control import DEFAULT_CONTROL, ControlServer, send_request
 from quicmig.proxy.core import (
     DEFAULT_UPSTREAM_TIMEOUT,
@@ -28,8 +29,6 @@ from quicmig.proxy.core import (
     parse_address,
     profile_named,
 )
-
-STOP_SIGNALS = ("SIGINT", "SIGTERM")  # a clean stop: pcap closed whole, counters, exit 0
 
 IMPAIRMENT_FLAGS = (
     ("delay_ms", "one-way delay, ms"),
@@ -146,16 +145,6 @@ def _pairs(values: list[str], flag: str, kind: str) -> list[tuple[float, str]]:
     return out
 
 
-def _seconds(value: float | None, flag: str, *, zero: bool) -> None:
-    """Refuse a time flag that is negative (or zero, unless `zero`), NaN or infinite."""
-    if value is None:
-        return
-    if not math.isfinite(value):
-        raise InputError(f"{flag} {value:g}: give a finite number of seconds")
-    if value < 0 or (value == 0 and not zero):
-        raise InputError(f"{flag} {value:g}: must be {'>=' if zero else '>'} 0 seconds")
-
-
 def control_address(text: str, *, off: bool) -> Address | None:
     """--control: a loopback ADDR:PORT (the channel has no authentication), or `off`."""
     if text == "off":
@@ -197,10 +186,10 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             )
         if (ip.version == 6) != (":" in upstream[0]):
             raise InputError(f"--rebind-addr/--source {host}: not of the upstream's IP version")
-    _seconds(args.first_rebind, "--first-rebind", zero=True)
-    _seconds(args.rebind_every, "--rebind-every", zero=False)
-    _seconds(args.duration, "--duration", zero=False)
-    _seconds(args.upstream_timeout, "--upstream-timeout", zero=False)
+    check_seconds(args.first_rebind, "--first-rebind", zero=True)
+    check_seconds(args.rebind_every, "--rebind-every", zero=False)
+    check_seconds(args.duration, "--duration", zero=False)
+    check_seconds(args.upstream_timeout, "--upstream-timeout", zero=False)
     switches = [(at, name) for at, name in _pairs(args.switch, "--switch", "PROFILE")]
     for _, name in switches:
         profile_named(name)
@@ -275,9 +264,8 @@ async def _serve(
     if sys.platform != "win32":
         # SIGTERM (kill, systemd, a test harness) ends the run like Ctrl-C: the default action
         # would kill the process with the pcap's last buffered packets unwritten.
-        for name in STOP_SIGNALS:
-            number = getattr(signal, name)
-            loop.add_signal_handler(number, _stop, stop, name)
+        for number in STOP_SIGNALS:  # a clean stop: pcap closed whole, counters, exit 0
+            loop.add_signal_handler(number, _stop, stop, number.name)
             handled.append(number)
     proxy = Proxy(config, log=_log)
     server = ControlServer(proxy)

@@ -29,6 +29,16 @@ def number(value: Any, where: str) -> float:
     return float(value)
 
 
+def check_seconds(value: float | None, flag: str, *, zero: bool) -> None:
+    """Refuse a time option that is negative (or zero, unless `zero`), NaN or infinite."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise InputError(f"{flag} {value:g}: give a finite number of seconds")
+    if value < 0 or (value == 0 and not zero):
+        raise InputError(f"{flag} {value:g}: must be {'>=' if zero else '>'} 0 seconds")
+
+
 def apply_link_settings(
     profile: LinkProfile, settings: Iterable[tuple[str, Any]], where: str
 ) -> LinkProfile:
