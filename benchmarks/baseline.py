@@ -24,7 +24,7 @@ SERVER = ("203.0.113.10", 4433)
 def bare_download(size: int, seed: int = 1) -> tuple[int, str]:
     """Move `size` bytes server -> client; return (datagrams exchanged, SHA-256 received)."""
     certs = simulation_certificates()
-    client = QuicConnection(configuration=client_configuration(certs))
+    client = QuicConnection(configuration=client_configuration(certs.ca_pem))
     server_config = server_configuration(certs, TapLogger(keep=False))
     server_config.quic_logger = None
     server: QuicConnection | None = None

@@ -28,7 +28,7 @@ class Pair:
 
     def __init__(self) -> None:
         certs = simulation_certificates()
-        self.client = QuicConnection(configuration=client_configuration(certs))
+        self.client = QuicConnection(configuration=client_configuration(certs.ca_pem))
         config = server_configuration(certs, TapLogger(keep=False))
         config.quic_logger = None
         self.server = QuicConnection(

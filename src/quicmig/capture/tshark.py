@@ -43,6 +43,7 @@ FIELDS = (
     "ip.dst",
     "ipv6.dst",
     "udp.dstport",
+    "udp.length",
     "quic.connection.number",
     "quic.header_form",
     "quic.long.packet_type",
@@ -75,6 +76,7 @@ class QuicDatagram:
     challenges: tuple[str, ...]  # PATH_CHALLENGE data, hex
     responses: tuple[str, ...]  # PATH_RESPONSE data, hex
     client_random: str | None = None  # hex, of a ClientHello in this datagram (the key log's key)
+    udp_length: int = 0  # bytes: the UDP header and payload
 
     @property
     def has_short(self) -> bool:
@@ -164,6 +166,7 @@ def parse_rows(output: str) -> list[QuicDatagram]:
             ip_dst,
             ip6_dst,
             dport,
+            udp_length,
             conn,
             forms,
             long_types,
@@ -207,6 +210,7 @@ def parse_rows(output: str) -> list[QuicDatagram]:
                 challenges=_hexes(challenges),
                 responses=_hexes(responses),
                 client_random=client_random,
+                udp_length=_ints(udp_length)[0] if udp_length else 0,
             )
         )
     return datagrams

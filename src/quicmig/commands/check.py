@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from quicmig.capture.analysis import KEYS_CHECK, NO_MIGRATION, CaptureReport, analyse
+from quicmig.capture.analysis import (
+    KEYS_CHECK,
+    NEW_PATH_CHECK,
+    ConnectionView,
+    analyse,
+    capture_expectations,
+)
 from quicmig.capture.tshark import QuicDatagram, find_tshark, read_datagrams
-from quicmig.core.results import check_output_file
+from quicmig.core.datagram import format_address
+from quicmig.core.observation import expectations
+from quicmig.core.results import Result, check_output_file, write_atomically
 from quicmig.errors import InputError
-from quicmig.report.table import VERDICT_STYLE, make_console
+from quicmig.model.loader import load_scenario
+from quicmig.model.verdicts import Verdict
+from quicmig.report.table import checks_table, make_console, migrations_table, verdict_text
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--active",
         action="store_true",
         help="the client moved on purpose (not a NAT): require a new DCID on every new path",
+    )
+    parser.add_argument(
+        "--scenario",
+        metavar="NAME|FILE.toml",
+        help="hold the capture to this scenario's expectations (its migrations, its server's "
+        "settings) instead of `at least one migration`; what the application received is "
+        "not in a capture, so transfer-intact is not applicable",
     )
     parser.add_argument(
         "--quic-port",
@@ -87,94 +106,68 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= port <= 65535:
             raise InputError(f"--quic-port {port}: not a UDP port (1-65535)")
     ports = tuple(args.quic_port)
+    wanted = capture_expectations(args.capture.stem, args.active)
+    if args.scenario is not None:
+        scenario = load_scenario(args.scenario)
+        wanted = replace(expectations(scenario), workload=None, all_active=wanted.all_active)
     warnings: list[str] = []
     datagrams = read_datagrams(args.capture, args.keylog, ports, warnings)
     for warning in warnings:
         print(f"quicmig: warning: {warning}", file=sys.stderr, flush=True)
     _check_decrypted(datagrams, args.capture, args.keylog)
     _, version = find_tshark()
-    report = analyse(
+    result, views = analyse(
         datagrams,
         capture=str(args.capture),
         keylog=str(args.keylog) if args.keylog else None,
         tshark=".".join(map(str, version)),
-        active=args.active,
+        expectations=wanted,
         quic_ports=ports,
         warnings=warnings,
     )
     if args.json is not None:
-        report.write_json(args.json)
+        write_atomically(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
     console = make_console()
     if args.quiet:
-        why = "".join(f"\n  {reason}" for reason in report.reasons)
-        console.print(f"{args.capture}: {report.verdict.value}{why}", markup=False, soft_wrap=True)
+        why = "".join(f"\n  {reason}" for reason in result.reasons)
+        console.print(f"{args.capture}: {result.verdict.value}{why}", markup=False, soft_wrap=True)
     else:
-        print_report(console, report)
-    return 0 if report.verdict.value == "passed" else 1
+        print_report(console, result, views)
+    return 0 if result.verdict is Verdict.PASSED else 1
 
 
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
-def print_report(console: Console, report: CaptureReport) -> None:
+def print_report(console: Console, result: Result, views: list[ConnectionView]) -> None:
+    stats = result.stats
     console.print(
-        f"[bold]{report.capture}[/bold]  {report.datagrams} QUIC datagrams "
-        f"({report.decrypted} 1-RTT decrypted), {len(report.connections)} connections, "
-        f"tshark {report.tshark}; times from the first QUIC datagram"
+        f"[bold]{escape(str(stats['capture']))}[/bold]  {stats['datagrams']} QUIC datagrams "
+        f"({stats['decrypted']} 1-RTT decrypted), {len(views)} connections, "
+        f"tshark {stats['tshark']}; times from the first QUIC datagram"
     )
-    keys = [c for c in report.checks if c.name == KEYS_CHECK]
-    if keys:
-        # One line, not wrapped: it names what to fix.
-        console.print(f"[bold yellow]⚠ {escape(keys[0].detail)}[/bold yellow]", soft_wrap=True)
+    for check in result.checks:
+        if check.name in (KEYS_CHECK, NEW_PATH_CHECK):
+            # One line, not wrapped: it names what to fix.
+            console.print(f"[bold yellow]⚠ {escape(check.detail)}[/bold yellow]", soft_wrap=True)
     paths = Table(title="Paths (client addresses seen on each server)", title_justify="left")
     for name in ("conn", "server", "client address", "from", "to", "datagrams c→s / s→c"):
         paths.add_column(name)
-    for conn in report.connections:
-        for use in conn.paths:
+    for view in views:
+        for use in view.paths.values():
             paths.add_row(
-                str(conn.number),
-                conn.server,
-                use.peer,
+                str(view.number),
+                format_address(view.server),
+                format_address(use.peer),
                 _s(use.first_at),
                 _s(use.last_at),
                 f"{use.datagrams_from} / {use.datagrams_to}",
             )
     console.print(paths)
-    switches = [(c.number, s) for c in report.connections for s in c.switches]
-    if not switches:
-        console.print(f"[bold yellow]{NO_MIGRATION}[/bold yellow]")
+    if result.migrations:
+        console.print(migrations_table(result))
     else:
-        table = Table(title="Path changes", title_justify="left")
-        for name in ("conn", "at", "change", "first server datagram", "challenge", "validated"):
-            table.add_column(name)
-        table.add_column("new DCID")
-        for number, switch in switches:
-            first = (
-                "not captured"
-                if switch.first_server_at is None
-                else f"{_s(switch.first_server_at)} (frame {switch.first_server_frame})"
-            )
-            rtt = switch.validation_rtt
-            table.add_row(
-                str(number),
-                _s(switch.detected_at),
-                f"{switch.observed.replace('_', ' ')}\n{switch.old_peer} → {switch.new_peer}",
-                first,
-                {True: "✓ in it", False: "[red]✗ not in it[/red]", None: "-"}[
-                    switch.first_packet_had_challenge
-                ],
-                "[red]never[/red]" if rtt is None else f"{rtt * 1e3:.1f} ms",
-                {True: "yes", False: "no", None: "?"}[switch.cid_changed],
-            )
-        console.print(table)
-    checks = Table(title="Checks", title_justify="left", show_header=False)
-    checks.add_column("")
-    checks.add_column("check")
-    checks.add_column("detail")
-    for check in report.checks:
-        mark = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]?[/yellow]"}
-        checks.add_row(mark[check.passed], check.name, check.detail)
-    console.print(checks)
-    style = VERDICT_STYLE[report.verdict.value]
-    console.print(f"Verdict: [{style}]{report.verdict.value.upper()}[/{style}]")
+        console.print("[bold yellow]no migration in this capture[/bold yellow]")
+    console.print(checks_table(result))
+    console.print(f"Verdict: {verdict_text(result)}")

@@ -1,45 +1,68 @@
-"""`quicmig client`: a live QUIC connection that really migrates, checked against the server."""
+"""`quicmig client`: a live QUIC connection that really migrates, judged from the server's view.
+
+Its flags compile into a Scenario (the moves as a timeline, the messages or the download as
+the workload) that runs through the one pipeline with a remote server: what the server's
+tracker observed is fetched over the same connection, and the same judge as for every other
+run says whether the server saw each move where the client went.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import ipaddress
+import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, TextIO
 
 from rich.table import Table
 from rich.text import Text
 
 from quicmig.core.datagram import format_address
-from quicmig.errors import InputError, QuicmigError
+from quicmig.core.results import NetworkChange, Result, check_output_file
+from quicmig.errors import InputError
 from quicmig.live.certs import CA_FILE
-from quicmig.live.client import (
-    DEFAULT_GAP,
-    DEFAULT_TIMEOUT,
-    KINDS,
-    Confirmation,
-    Download,
-    LiveClient,
-    MigrationRefused,
-    Move,
-    Step,
-    SwitchMode,
-    confirm,
-    download_with_moves,
-    parse_kinds,
-)
+from quicmig.live.client import DEFAULT_GAP, DEFAULT_TIMEOUT, default_addresses
 from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT
-from quicmig.model.scenario import MAX_DOWNLOAD
+from quicmig.model.events import (
+    AddressChange,
+    CidRotate,
+    EventKind,
+    NatRebind,
+    Switch,
+    SwitchMode,
+    TimelineEvent,
+    event_kind,
+)
+from quicmig.model.scenario import (
+    MAX_DOWNLOAD,
+    Download,
+    Expectation,
+    Messages,
+    QuicExtensions,
+    Scenario,
+)
 from quicmig.model.settings import check_seconds
-from quicmig.report.table import make_console
+from quicmig.model.topology import Host, Interface, Link, Nat, Topology
+from quicmig.model.verdicts import MigrationKind, Verdict
+from quicmig.report.table import check_mark, make_console, verdict_text
 
 SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-
+MOVES = (
+    EventKind.NAT_REBINDING,
+    EventKind.ADDRESS_CHANGE,
+    EventKind.INTERFACE_SWITCH,
+    EventKind.CID_ROTATION,
+)
+NEEDS_ADDRESS = (EventKind.ADDRESS_CHANGE, EventKind.INTERFACE_SWITCH)
+# What the server must see after each move (RFC 9000 section 9.3).
+SEEN = {
+    EventKind.NAT_REBINDING: MigrationKind.PORT_CHANGE,
+    EventKind.ADDRESS_CHANGE: MigrationKind.ADDRESS_CHANGE,
+    EventKind.INTERFACE_SWITCH: MigrationKind.ADDRESS_CHANGE,
+}
+DEFAULT_MOVES = "nat-rebinding,ip-change,network-switch,cid-rotation"
 
 # aioquic warns on stderr about every connection closed with an error; our log says it.
 QUIC_LOGGER = "quic"
@@ -73,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--migrate",
         metavar="KIND[,KIND...]",
-        help=f"migrations to perform, in order (default: all of {', '.join(KINDS)})",
+        help=f"migrations to perform, in order (default: {DEFAULT_MOVES}; also: address-rebinding)",
     )
     parser.add_argument(
         "--interval",
@@ -144,6 +167,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--secrets-log", type=Path, metavar="FILE", help="append TLS secrets (SSLKEYLOGFILE)"
     )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the result (quicmig.result/2) as JSON"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -166,19 +192,108 @@ def _ip(text: str, what: str) -> str:
         raise InputError(f"{what}: {text!r} is not an IP address") from None
 
 
+def client_scenario(
+    moves: list[EventKind],
+    addresses: tuple[str, ...],
+    *,
+    messages: int,
+    interval: float,
+    size: int | None,
+    mode: SwitchMode,
+    gap: float,
+    honour_disable_migration: bool,
+    timeout: float,
+) -> Scenario:
+    """The client's flags as a Scenario: one interface per local address (the client moves
+    between them), the moves at `interval` seconds apart, or with a download spread over
+    it (move k once k/(n+1) of the bytes have arrived)."""
+    host = Host("client", tuple(Interface(f"a{i}", (a,)) for i, a in enumerate(addresses)))
+    topology = Topology(
+        hosts=(host, Host("server", (Interface("eth0", (addresses[0],)),))),
+        # The "NAT" is the client's own socket: a rebinding is a new one (see LiveClient).
+        links=(
+            *(
+                Link(f"l{i}", f"client.{iface.name}", "socket")
+                for i, iface in enumerate(host.interfaces)
+            ),
+            Link("server", "server.eth0", "internet"),
+        ),
+        nats=(Nat("socket", (addresses[0],)),),
+    )
+    timeline: list[TimelineEvent] = []
+    expected: list[MigrationKind] = []
+    rotations = 0
+    iface = 0
+    count = len(moves)
+    for index, kind in enumerate(moves):
+        progress = (index + 1) / (count + 1) if size is not None else None
+        at = 0.0 if size is not None else (index + 1) * interval
+        if kind in NEEDS_ADDRESS:
+            iface = (iface + 1) % len(addresses)
+        if kind is EventKind.CID_ROTATION:
+            timeline.append(CidRotate(at, "client", progress=progress))
+            rotations += 1
+            continue
+        if kind in (EventKind.NAT_REBINDING, EventKind.ADDRESS_REBINDING):
+            new_address = kind is EventKind.ADDRESS_REBINDING
+            timeline.append(NatRebind(at, "socket", new_address, progress=progress))
+        elif kind is EventKind.ADDRESS_CHANGE:
+            timeline.append(AddressChange(at, "client.a0", addresses[0], progress=progress))
+        else:
+            to = f"a{iface}"
+            timeline.append(Switch(at, "client", to, mode, gap=gap, overlap=gap, progress=progress))
+        expected.append(SEEN.get(kind, MigrationKind.ADDRESS_CHANGE))
+    each = max(messages, 1)
+    workload = (
+        Download(size)
+        if size is not None
+        else Messages(count=each * (count + 1), interval=interval / each)
+    )
+    length = (
+        timeout + size / 500_000 if size is not None else (count + 1) * interval + timeout
+    )  # seconds: loopback does 5-50 MB/s, and each answer may take `timeout`
+    return Scenario(
+        name="client",
+        summary="quicmig client: " + ",".join(k.value for k in moves),
+        topology=topology,
+        workload=workload,
+        timeline=tuple(timeline),
+        quic=QuicExtensions(honour_disable_migration=honour_disable_migration),
+        duration=length + 5.0,
+        expect=Expectation(migrations=tuple(expected), cid_rotations=rotations),
+    ).validated()
+
+
 def run(args: argparse.Namespace) -> int:
+    from quicmig.live.backend import ClientOptions, DirectNetwork, LiveBackend
+    from quicmig.live.stop import run_stoppable
+    from quicmig.runner import RunOptions, execute
+
     logging.getLogger(QUIC_LOGGER).addHandler(logging.NullHandler())
-    kinds = parse_kinds(args.migrate) if args.migrate is not None else list(KINDS)
     host = _ip(args.host, "--host")
     if not 0 < args.port <= 65535:
         raise InputError(f"--port {args.port}: not a UDP port (1-65535)")
-    addresses = None
+    addresses = default_addresses(host)
     if args.addresses:
-        addresses = [_ip(item.strip(), "--addresses") for item in args.addresses.split(",")]
+        addresses = tuple(_ip(item.strip(), "--addresses") for item in args.addresses.split(","))
         if any(
             ipaddress.ip_address(a).version != ipaddress.ip_address(host).version for a in addresses
         ):
             raise InputError("--addresses: use the same IP version as the server address")
+    text = args.migrate if args.migrate is not None else DEFAULT_MOVES
+    allowed = (*MOVES, EventKind.ADDRESS_REBINDING)
+    moves = [event_kind(part, "--migrate", allowed) for part in text.split(",") if part.strip()]
+    if not moves:
+        raise InputError(f"--migrate: no migration given; known: {DEFAULT_MOVES}")
+    needs_address = [k for k in moves if k in (*NEEDS_ADDRESS, EventKind.ADDRESS_REBINDING)]
+    if needs_address and len(addresses) < 2:
+        if args.migrate is not None:
+            raise InputError(
+                f"{needs_address[0].value} needs a second local address to move to: pass two "
+                "or more with --addresses, e.g. 127.0.0.1,127.0.0.2"
+            )
+        moves = [k for k in moves if k not in NEEDS_ADDRESS]
+        _say(f"⚠️  one local address only ({addresses[0]}): skipping ip-change, network-switch")
     for name in ("interval", "gap", "timeout"):
         check_seconds(getattr(args, name), f"--{name}", zero=name != "timeout")
     if args.messages < 0:
@@ -190,166 +305,95 @@ def run(args: argparse.Namespace) -> int:
             f"key.pem and {CA_FILE} in its directory) or run `quicmig certs`, then run the "
             "client there or pass --ca PATH; --insecure skips verification"
         )
-    with contextlib.ExitStack() as stack:
-        secrets: TextIO | None = None
-        if args.secrets_log is not None:
-            try:
-                secrets = stack.enter_context(args.secrets_log.open("a"))
-            except OSError as exc:
-                raise QuicmigError(f"cannot open --secrets-log {args.secrets_log}: {exc}") from None
-        return asyncio.run(_session(args, host, kinds, addresses, size, secrets))
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    scenario = client_scenario(
+        moves,
+        addresses,
+        messages=args.messages,
+        interval=args.interval,
+        size=size,
+        mode=SwitchMode(args.switch_mode),
+        gap=args.gap,
+        honour_disable_migration=not args.ignore_disable_migration,
+        timeout=args.timeout,
+    )
+    server = (host, args.port)
+    backend = LiveBackend(
+        DirectNetwork(),
+        remote=server,
+        client=ClientOptions(
+            ca=None if args.insecure else args.ca,
+            insecure=args.insecure,
+            server_name=args.server_name,
+            addresses=addresses,
+            secrets_log=args.secrets_log,
+            timeout=args.timeout,
+        ),
+        log=lambda line: _say(f"   {line}"),
+    )
+    verify = (
+        "without verifying it (--insecure)" if args.insecure else f"verifying it with {args.ca}"
+    )
+    _say(f"🔌 Connecting to {format_address(server)} {verify} ...")
+    result = run_stoppable(execute(scenario, backend, RunOptions()))
+    _report(result)
+    if args.json is not None:
+        from quicmig.core.results import write_atomically
+
+        write_atomically(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0 if result.verdict is Verdict.PASSED else 1
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def _messages(client: LiveClient, count: int, first: int) -> int:
-    for number in range(first, first + count):
-        body = f"hello #{number} from {format_address(client.local)}".encode()
-        rtt = await client.send_message(body)
-        _say(f"   💬 message {number}: {len(body)} bytes echoed in {rtt * 1e3:.2f} ms")
-    return first + count
-
-
-def _describe(move: Move) -> str:
-    where = (
-        f"{format_address(move.old_local)} → {format_address(move.new_local)}"
-        if move.moves_path
-        else f"on {format_address(move.new_local)}"
-    )
-    return f"🔀 {move.kind}: {where} ({move.detail})"
-
-
-async def _session(
-    args: argparse.Namespace,
-    host: str,
-    kinds: list[str],
-    addresses: list[str] | None,
-    size: int | None,
-    secrets: TextIO | None,
-) -> int:
-    server = (host, args.port)
-    client = LiveClient(
-        server,
-        ca=None if args.insecure else args.ca,
-        insecure=args.insecure,
-        server_name=args.server_name,
-        addresses=addresses,
-        secrets_log=secrets,
-        timeout=args.timeout,
-        honour_disable_migration=not args.ignore_disable_migration,
-    )
-    if args.migrate is None and len(client.addresses) < 2:
-        skipped = [k for k in kinds if k in ("ip-change", "network-switch")]
-        kinds = [k for k in kinds if k not in skipped]
-        _say(f"⚠️  one local address only ({client.addresses[0]}): skipping {', '.join(skipped)}")
-    client.check_moves(kinds)
-    mode = SwitchMode(args.switch_mode)
-    verify = (
-        "without verifying it (--insecure)" if args.insecure else f"verifying it with {args.ca}"
-    )
-    _say(f"🔌 Connecting to {format_address(server)} {verify} ...")
-    async with client:
-        assert client.handshake_seconds is not None
-        _say(
-            f"✅ Connected from {format_address(client.local)} in "
-            f"{client.handshake_seconds * 1e3:.1f} ms"
-        )
-        number = await _messages(client, args.messages, 1)
-        download: Download | None = None
-        if size is not None:
-            steps: list[Step] = [(kind, mode) for kind in kinds]
-            _say(f"📦 Downloading {size:,} bytes, migrating {len(steps)} times during it ...")
-
-            def moved(move: Move, received: int) -> None:
-                _say(f"{_describe(move)} at {received:,}/{size:,} bytes")
-
-            download, _ = await download_with_moves(
-                client, size, steps, gap=args.gap, on_move=moved, on_refused=_refused
-            )
-            _say(
-                f"📦 Downloaded {download.received:,} bytes in {download.seconds:.2f} s, "
-                f"SHA-256 {download.sha256[:16]}…"
-            )
-            number = await _messages(client, args.messages, number)
-        else:
-            for kind in kinds:
-                await asyncio.sleep(args.interval)
-                try:
-                    move = await client.migrate(kind, mode, args.gap)
-                except MigrationRefused as refused:
-                    _refused(str(refused))
-                    continue
-                _say(_describe(move))
-                number = await _messages(client, args.messages, number)
-        record = await client.confirmed_record()
-    return _report(client, record, download)
-
-
-def _refused(message: str) -> None:
-    _say(f"⛔ {message}")
-
-
-def _report(client: LiveClient, record: dict[str, Any], download: Download | None) -> int:
-    confirmations = confirm(client.moves, record)
+def _report(result: Result) -> None:
     console = make_console()
     table = Table(
         title="What the client did, and what the server observed (fetched over the connection)",
         title_justify="left",
     )
-    for column in ("#", "client did", "client moved", "server observed", "validated", "CID", ""):
+    for column in ("#", "client did", "at", "server observed", "validated", "CID"):
         table.add_column(column)
-    for index, item in enumerate(confirmations, 1):
-        table.add_row(*[Text(cell) for cell in _row(index, item)])
+    for index, change in enumerate(result.network_changes, 1):
+        table.add_row(*[Text(cell) for cell in _row(index, change, result)])
     console.print(table)
-    ok = all(item.confirmed for item in confirmations)
-    paths = sum(item.move.moves_path for item in confirmations)
-    rotations = len(confirmations) - paths
-    if ok:
-        validated = " (every new path validated with PATH_CHALLENGE/PATH_RESPONSE)" if paths else ""
+    for check in result.checks:
+        console.print(f"{check_mark(check)} {check.name}: {check.detail}", highlight=False)
+    transfer = result.transfer
+    if transfer.workload == "download":
         _say(
-            f"✅ The server confirmed {paths} migration{'s' if paths != 1 else ''}{validated} "
-            f"and {rotations} CID rotation{'s' if rotations != 1 else ''}."
+            f"{'✅' if transfer.intact else '❌'} Download: {transfer.bytes:,}/"
+            f"{transfer.expected_bytes or 0:,} bytes, SHA-256 "
+            f"{'matches' if transfer.intact else 'DIFFERS from'} what the server says it sent"
         )
-    else:
-        for item in confirmations:
-            if not item.confirmed:
-                _say(f"❌ {item.move.kind}: {item.why}")
-    if download is not None:
-        server_sha = record.get("sent_sha256", {}).get(str(download.stream_id))
-        intact = download.intact and server_sha == download.sha256
-        _say(
-            f"{'✅' if intact else '❌'} Download: {download.received:,}/{download.size:,} bytes, "
-            f"SHA-256 {'matches' if server_sha == download.sha256 else 'DIFFERS from'} what "
-            f"the server says it sent ({(server_sha or 'nothing')[:16]}…)"
-        )
-        ok = ok and intact
-    return 0 if ok else 1
+    console.print(f"Verdict: {verdict_text(result)}")
 
 
-def _row(index: int, item: Confirmation) -> list[str]:
-    move, seen = item.move, item.observed
-    moved = (
-        f"{format_address(move.old_local)} → {format_address(move.new_local)}"
-        if move.moves_path
-        else "same path"
-    )
-    if seen is None:
-        observed, validated, cid = "nothing", "-", "-"
-    elif move.moves_path:
-        observed = f"{seen['observed'].replace('_', ' ')}\n{seen['old_peer']} → {seen['new_peer']}"
-        rtt = seen.get("validation_rtt")
-        validated = "never" if rtt is None else f"{rtt * 1e3:.2f} ms"
-        cid = "new" if seen["cid_changed"] else "same"
-    else:
-        observed, validated, cid = f"CID rotation on {seen['peer']}", "-", "new"
+def _row(index: int, change: NetworkChange, result: Result) -> list[str]:
+    did = f"{change.kind.value}\n{change.detail}"
+    if change.kind is EventKind.CID_ROTATION:
+        seen = [t for t in result.cid_rotations if t >= change.at]
+        return [
+            str(index),
+            did,
+            f"{change.at:.3f} s",
+            "CID rotation" if seen else "nothing",
+            "-",
+            "new",
+        ]
+    caused = [m for m in result.migrations if m.network_change_at == change.at]
+    if not caused:
+        return [str(index), did, f"{change.at:.3f} s", "nothing", "-", "-"]
+    mig = caused[0]
+    rtt = mig.validation_rtt
     return [
         str(index),
-        move.kind,
-        moved,
-        observed,
-        validated,
-        cid,
-        "✅" if item.confirmed else "❌",
+        did,
+        f"{change.at:.3f} s",
+        f"{mig.observed.label}\n{format_address(mig.old_peer)} → {format_address(mig.new_peer)}",
+        "never" if rtt is None else f"{rtt * 1e3:.2f} ms",
+        "new" if mig.cid_changed else "same",
     ]

@@ -1,29 +1,30 @@
-"""`quicmig lab`: the live server and client in Linux network namespaces, moved by the kernel."""
+"""`quicmig lab`: the live server and client in Linux network namespaces, moved by the kernel.
+
+`lab run` compiles its flags into a Scenario on the phone topology (WiFi behind a home NAT,
+cellular behind a carrier NAT) and runs it like `quicmig run --backend lab`: same pipeline,
+same checks, same Result.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+from dataclasses import replace
 from pathlib import Path
 
-from rich.table import Table
-from rich.text import Text
-
 from quicmig.commands.client import parse_size
-from quicmig.core.results import check_output_file
-from quicmig.errors import QuicmigError
+from quicmig.core.results import check_output_dir, check_output_file
+from quicmig.errors import InputError, QuicmigError
 from quicmig.lab import network, system
-from quicmig.lab.run import (
-    KINDS,
-    LabOptions,
-    LabResult,
-    MoveResult,
-    parse_kinds,
-    run_lab,
-    validate,
-)
-from quicmig.model.scenario import STACKS
-from quicmig.report.table import make_console
+from quicmig.model.events import AddressChange, EventKind, NatRebind, Switch, TimelineEvent
+from quicmig.model.events import event_kind as parse_event
+from quicmig.model.loader import load_scenario
+from quicmig.model.scenario import STACKS, Download, Expectation, Messages, Scenario
+from quicmig.model.topology import LinkProfile
+from quicmig.model.verdicts import MigrationKind
+
+MOVES = (EventKind.NAT_REBINDING, EventKind.INTERFACE_SWITCH, EventKind.ADDRESS_CHANGE)
+MOVE_NAMES = "nat-rebinding, network-switch, ip-change"
+DEFAULT_MOVES = "nat-rebinding,network-switch,ip-change"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument(
         "--migrate",
         metavar="KIND[,KIND...]",
-        default=",".join(KINDS),
-        help=f"network moves, in order (default {','.join(KINDS)})",
+        default=DEFAULT_MOVES,
+        help=f"network moves, in order, spread over the transfer (default {DEFAULT_MOVES})",
     )
     workload = run.add_mutually_exclusive_group()
     workload.add_argument(
@@ -93,7 +94,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="network-switch: time between link down and the new route (default 0.2)",
     )
     run.add_argument(
-        "--pcap", type=Path, metavar="DIR", help="capture on the router's interfaces into DIR"
+        "--pcap",
+        type=Path,
+        metavar="DIR",
+        help="capture the router's server side into DIR/server-side.pcap, with the TLS key log "
+        "DIR/keys.log (`quicmig check` reads both)",
     )
     run.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON")
     run.add_argument(
@@ -124,41 +129,96 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     clean.set_defaults(handler=clean_command)
 
 
-def _options(args: argparse.Namespace) -> LabOptions:
-    kinds = parse_kinds(args.migrate)
-    download: int | None = parse_size(args.download if args.download is not None else "4M")
-    messages = 2
+def lab_scenario(args: argparse.Namespace) -> Scenario:
+    """The flags of `lab run` as a Scenario: the phone topology, the moves spread evenly over
+    the transfer (move k once k/(n+1) of the bytes have arrived), both client links at the
+    rate, delay and loss given."""
+    moves = [parse_event(part, "--migrate", MOVES) for part in args.migrate.split(",") if part]
+    if not moves:
+        raise InputError(f"--migrate: no move given; the lab performs {MOVE_NAMES}")
     if args.messages is not None:
-        download, messages = None, args.messages
-    options = LabOptions(
-        migrate=kinds,
-        download=download,
-        messages=messages,
-        rate_mbit=args.rate_mbit,
-        delay_ms=args.delay_ms,
-        loss_pct=args.loss_pct,
-        gap=args.gap,
-        pcap_dir=args.pcap,
-        timeout=args.timeout,
-        stack=args.stack,
-    )
-    validate(options)
-    if args.json is not None:
-        check_output_file(args.json, "--json")
-    return options
+        if args.messages < 1:
+            raise InputError(f"--messages {args.messages}: at least 1")
+        workload: Download | Messages = Messages(count=args.messages * (len(moves) + 1))
+    else:
+        workload = Download(parse_size(args.download if args.download is not None else "4M"))
+    for flag, value, high in (
+        ("--rate-mbit", args.rate_mbit, 10_000.0),
+        ("--delay-ms", args.delay_ms, 10_000.0),
+        ("--loss-pct", args.loss_pct, 99.0),
+        ("--gap", args.gap, 10.0),
+        ("--timeout", args.timeout, 300.0),
+    ):
+        if not 0 <= value <= high:
+            raise InputError(f"{flag} {value:g}: between 0 and {high:g}")
+    base = load_scenario("network-switch")  # the phone topology, on WiFi first
+    topology = base.topology
+    profile = LinkProfile(
+        delay=args.delay_ms / 1e3,
+        loss=args.loss_pct / 100,
+        rate=args.rate_mbit * 1e6 or None,
+        queue=100,
+    ).validated("lab link")
+    for name in ("wifi", "cellular"):
+        topology = topology.with_link_profile(name, profile)
+    timeline: list[TimelineEvent] = []
+    expected: list[MigrationKind] = []
+    current = "wifi"
+    for index, kind in enumerate(moves):
+        share = (index + 1) / (len(moves) + 1)
+        nat = topology.link_of("client", current).b
+        behind_nat = nat != "internet"
+        if kind is EventKind.NAT_REBINDING:
+            timeline.append(NatRebind(0.0, nat, progress=share))
+            expected.append(MigrationKind.PORT_CHANGE)
+        elif kind is EventKind.INTERFACE_SWITCH:
+            current = "cellular" if current == "wifi" else "wifi"
+            timeline.append(Switch(0.0, "client", current, gap=args.gap, progress=share))
+            expected.append(MigrationKind.ADDRESS_CHANGE)
+        else:
+            address = topology.host("client").interface(current).addresses[0]
+            head, _, last = address.rpartition(".")
+            new = f"{head}.{int(last) % 250 + index + 1}"
+            timeline.append(AddressChange(0.0, f"client.{current}", new, progress=share))
+            # Behind a NAT a new private address leaves from the NAT's address again: the
+            # server sees a new port (RFC 4787 endpoint-independent mapping).
+            expected.append(
+                MigrationKind.PORT_CHANGE if behind_nat else MigrationKind.ADDRESS_CHANGE
+            )
+    scenario = replace(
+        base,
+        name="lab-run",
+        summary=f"quicmig lab run: {args.migrate}",
+        doc="",
+        topology=topology,
+        workload=workload,
+        timeline=tuple(timeline),
+        duration=120.0,
+        expect=Expectation(migrations=tuple(expected)),
+    ).validated()
+    return scenario.with_stack(args.stack)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    options = _options(args)  # every input error before anything is created
-    result = run_lab(options, log=lambda line: print(line, flush=True))
-    report(result)
+    from quicmig.commands.run import live_result
+
+    scenario = lab_scenario(args)  # every input error before anything is created
     if args.json is not None:
-        try:
-            args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        except OSError as exc:
-            raise QuicmigError(f"cannot write --json {args.json}: {exc}") from None
-        print(f"📝 {args.json}")
-    return 0 if result.passed else 1
+        check_output_file(args.json, "--json")
+    pcap = keylog = None
+    if args.pcap is not None:
+        check_output_dir(args.pcap, "--pcap")
+        args.pcap.mkdir(parents=True, exist_ok=True)
+        pcap, keylog = args.pcap / "server-side.pcap", args.pcap / "keys.log"
+    return live_result(
+        scenario,
+        "lab",
+        seed=1,
+        pcap=pcap,
+        keylog=keylog,
+        json_path=args.json,
+        timeout=args.timeout,
+    )
 
 
 def clean_command(args: argparse.Namespace) -> int:
@@ -182,65 +242,3 @@ def clean_command(args: argparse.Namespace) -> int:
             f"{', '.join(done.failed)}"
         )
     return 0
-
-
-def report(result: LabResult) -> None:
-    console = make_console()
-    table = Table(
-        title="Network moves, and what the server observed (fetched over the connection)",
-        title_justify="left",
-    )
-    for column in ("#", "network change", "at", "server saw", "expected", "validated", ""):
-        table.add_column(column)
-    for index, item in enumerate(result.moves, 1):
-        table.add_row(*[Text(cell) for cell in _row(index, item)])
-    console.print(table)
-    for item in result.moves:
-        if item.why:
-            print(f"{'📌' if item.confirmed else '❌'} {item.move.kind}: {item.why}")
-    confirmed = sum(item.confirmed for item in result.moves)
-    print(
-        f"{'✅' if confirmed == len(result.moves) else '❌'} The server saw {confirmed} of "
-        f"{len(result.moves)} network moves as expected, each new path validated by "
-        "PATH_CHALLENGE/PATH_RESPONSE (or validated before)"
-    )
-    print("Interop checks on the server's record (as `quicmig run` and `quicmig check`):")
-    for check in result.checks:
-        mark = {True: "✅", False: "❌", None: "❔"}[check.passed]
-        print(f"  {mark} {check.name}: {check.detail}")
-    if result.download is not None:
-        intact = result.download_intact
-        print(
-            f"{'✅' if intact else '❌'} Download: {result.download['received']:,}/"
-            f"{result.download['size']:,} bytes, SHA-256 "
-            f"{'matches' if intact else 'does NOT match'} what the server says it sent "
-            f"({str(result.download['sha256'])[:16]}…)"
-        )
-    if result.messages is not None:
-        print(f"💬 {result.messages['count']} messages echoed")
-    for path in result.files:
-        print(f"📁 {path}")
-    print(f"🧹 Lab {result.prefix} removed ({result.seconds:.1f} s)")
-    verdict = "PASSED" if result.passed else "FAILED"
-    print(f"{'✅' if result.passed else '❌'} {verdict} (server stack {result.options.stack})")
-
-
-def _row(index: int, item: MoveResult) -> list[str]:
-    seen = item.observed
-    if seen is None:
-        saw, validated = "nothing", "-"
-    else:
-        saw = f"{seen['observed'].replace('_', ' ')}\n{seen['old_peer']} → {seen['new_peer']}"
-        rtt = seen.get("validation_rtt")
-        validated = f"{rtt * 1e3:.2f} ms" if rtt is not None else "never"
-        if rtt is None and item.confirmed:
-            validated = "earlier"
-    return [
-        str(index),
-        f"{item.move.kind}\n{item.move.detail}",
-        f"{item.move.at:.2f} s",
-        saw,
-        item.expected.replace("_", " "),
-        validated,
-        "✅" if item.confirmed else "❌",
-    ]

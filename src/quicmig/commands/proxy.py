@@ -14,21 +14,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quicmig.core.datagram import Address, format_address
+from quicmig.core.datagram import Address, format_address, parse_address
 from quicmig.core.results import check_output_file
 from quicmig.errors import InputError
+from quicmig.live.backend import apply_on_time
 from quicmig.live.stop import STOP_SIGNALS
+from quicmig.model.events import Blackhole, LinkChange, NatRebind, TimelineEvent, timed_events
 from quicmig.model.settings import apply_link_settings, check_seconds
-from quicmig.proxy.control import DEFAULT_CONTROL, ControlServer, send_request
+from quicmig.proxy.control import (
+    DEFAULT_CONTROL,
+    ControlServer,
+    blackhole_seconds,
+    send_request,
+)
 from quicmig.proxy.core import (
     DEFAULT_UPSTREAM_TIMEOUT,
     Proxy,
     ProxyConfig,
     describe,
     is_loopback,
-    parse_address,
     profile_named,
 )
+from quicmig.proxy.driver import ProxyDriver
+
+LINK = "client"  # the one link the proxy stands for
 
 IMPAIRMENT_FLAGS = (
     ("delay_ms", "one-way delay, ms"),
@@ -95,11 +104,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--first-rebind", type=float, metavar="S", help="first rebinding at S")
     parser.add_argument("--rebind-every", type=float, metavar="S", help="then every S seconds")
     parser.add_argument(
+        "--link",
         "--switch",
+        dest="link",
         action="append",
         default=[],
         metavar="AT:PROFILE",
-        help="switch to PROFILE at AT seconds (repeatable)",
+        help="the link takes PROFILE at AT seconds (repeatable; --switch is its old name)",
     )
     parser.add_argument(
         "--blackhole",
@@ -151,7 +162,7 @@ def control_address(text: str, *, off: bool) -> Address | None:
         if off:
             return None
         raise InputError("--control off: give the running proxy's control ADDR:PORT")
-    address = parse_address(text, "--control")
+    address = parse_address(text, "--control", default_host="127.0.0.1")
     if not is_loopback(address[0]):
         raise InputError(
             f"--control {text}: use a loopback address (127.0.0.1 or ::1): anyone who reaches "
@@ -161,10 +172,8 @@ def control_address(text: str, *, off: bool) -> Address | None:
 
 
 def config_from_args(args: argparse.Namespace) -> ProxyConfig:
-    listen = parse_address(args.listen, "--listen")
-    upstream = parse_address(args.upstream, "--upstream")
-    if upstream[1] == 0:
-        raise InputError(f"--upstream {args.upstream}: give the server's port")
+    listen = parse_address(args.listen, "--listen", default_host="127.0.0.1", any_port=True)
+    upstream = parse_address(args.upstream, "--upstream", default_host="127.0.0.1")
     profile = profile_named(args.profile)
     queue = args.queue_packets
     if queue is not None and not (math.isfinite(queue) and queue == int(queue)):
@@ -186,22 +195,8 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             )
         if (ip.version == 6) != (":" in upstream[0]):
             raise InputError(f"--rebind-addr/--source {host}: not of the upstream's IP version")
-    check_seconds(args.first_rebind, "--first-rebind", zero=True)
-    check_seconds(args.rebind_every, "--rebind-every", zero=False)
     check_seconds(args.duration, "--duration", zero=False)
     check_seconds(args.upstream_timeout, "--upstream-timeout", zero=False)
-    switches = [(at, name) for at, name in _pairs(args.switch, "--switch", "PROFILE")]
-    for _, name in switches:
-        profile_named(name)
-    blackholes = []
-    for at, length in _pairs(args.blackhole, "--blackhole", "SECONDS"):
-        try:
-            seconds = float(length)
-        except ValueError:
-            seconds = 0.0
-        if not 0 < seconds < math.inf:
-            raise InputError(f"--blackhole {at:g}:{length}: the length must be seconds > 0")
-        blackholes.append((at, seconds))
     if args.pcap is not None:
         check_output_file(args.pcap, "--pcap")
     return ProxyConfig(
@@ -209,24 +204,45 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         upstream=upstream,
         profile=profile,
         profile_name=args.profile if not settings else f"{args.profile}+flags",
+        link=LINK,
         source_addresses=tuple(sources),
-        first_rebind=args.first_rebind,
-        rebind_every=args.rebind_every,
-        switches=tuple(switches),
-        blackholes=tuple(blackholes),
         pcap=args.pcap,
         seed=args.seed,
         upstream_timeout=args.upstream_timeout,
     )
 
 
+def timeline_from_args(args: argparse.Namespace) -> tuple[TimelineEvent, ...]:
+    """The schedule flags as a timeline of the event vocabulary (applied by the driver)."""
+    check_seconds(args.first_rebind, "--first-rebind", zero=True)
+    check_seconds(args.rebind_every, "--rebind-every", zero=False)
+    events: list[TimelineEvent] = []
+    if args.first_rebind is not None or args.rebind_every is not None:
+        first = args.first_rebind if args.first_rebind is not None else args.rebind_every
+        # With --rebind-addr, each rebinding also moves to the next source address.
+        events.append(NatRebind(first, "proxy", bool(args.rebind_addr), args.rebind_every))
+    for at, name in _pairs(args.link, "--link", "PROFILE"):
+        profile_named(name)
+        events.append(LinkChange(at, LINK, profile=name))
+    for at, length in _pairs(args.blackhole, "--blackhole", "SECONDS"):
+        try:
+            seconds = blackhole_seconds(length)
+        except InputError:
+            raise InputError(
+                f"--blackhole {at:g}:{length}: the length must be seconds > 0"
+            ) from None
+        events.append(Blackhole(at, LINK, seconds))
+    return tuple(events)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action:
         return _ctl(args)
     config = config_from_args(args)
+    timeline = timeline_from_args(args)
     control = control_address(args.control, off=True)
     try:
-        stopped_by = asyncio.run(_serve(config, control, args.duration))
+        stopped_by = asyncio.run(_serve(config, timeline, control, args.duration))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         stopped_by = "SIGINT"
     if stopped_by is not None:
@@ -238,7 +254,7 @@ def _ctl(args: argparse.Namespace) -> int:
     if args.action[0] != "ctl" or len(args.action) < 2:
         raise InputError(
             "use `quicmig proxy [options]` to run a proxy, or `quicmig proxy ctl ACTION` with "
-            "ACTION rebind | switch PROFILE | blackhole SECONDS | status"
+            "ACTION rebind | rebind-addr | link-change PROFILE | blackhole SECONDS | status"
         )
     control = control_address(args.control, off=False)
     assert control is not None
@@ -251,7 +267,10 @@ def _log(line: str) -> None:
 
 
 async def _serve(
-    config: ProxyConfig, control: tuple[str, int] | None, duration: float | None
+    config: ProxyConfig,
+    timeline: tuple[TimelineEvent, ...],
+    control: tuple[str, int] | None,
+    duration: float | None,
 ) -> str | None:
     """Run the proxy until `duration`, a stop signal (its name is returned) or a failure.
 
@@ -268,7 +287,8 @@ async def _serve(
             loop.add_signal_handler(number, _stop, stop, number.name)
             handled.append(number)
     proxy = Proxy(config, log=_log)
-    server = ControlServer(proxy)
+    driver = ProxyDriver(LINK, config.profile, config.seed, proxy=proxy)
+    server = ControlServer(driver)
     try:
         try:
             where = await server.open(control) if control is not None else None
@@ -278,7 +298,7 @@ async def _serve(
             await proxy.aclose()
             raise
         try:
-            return await _forward(config, proxy, where, stop, duration)
+            return await _forward(config, driver, timeline, where, stop, duration)
         finally:
             await server.aclose()
             await proxy.aclose()
@@ -295,12 +315,15 @@ def _stop(stop: asyncio.Future[str], name: str) -> None:
 
 async def _forward(
     config: ProxyConfig,
-    proxy: Proxy,
+    driver: ProxyDriver,
+    timeline: tuple[TimelineEvent, ...],
     where: Address | None,
     stop: asyncio.Future[str],
     duration: float | None,
 ) -> str | None:
     loop = asyncio.get_running_loop()
+    proxy = driver.proxy
+    assert proxy is not None
     _log(
         f"quicmig proxy: {format_address(proxy.local)} → "
         f"{format_address(config.upstream)}, profile {config.profile_name} "
@@ -308,18 +331,34 @@ async def _forward(
         + (f"; control on {format_address(where)}" if where else "")
         + (f"; pcap {config.pcap}" if config.pcap else "")
     )
+    rebind = NatRebind(0.0, "proxy", new_address=len(config.source_addresses) > 1)
     if sys.platform != "win32":
-        loop.add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(proxy.rebind()))
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: asyncio.ensure_future(driver.apply(rebind, proxy.now()))
+        )
     waiter = asyncio.ensure_future(proxy.wait())
-    either: set[asyncio.Future[Any]] = {waiter, stop}
+    # The schedule: made as it is needed (with no --duration, a periodic one has no end).
+    events = timed_events(timeline, duration if duration is not None else math.inf)
+    schedule = asyncio.ensure_future(apply_on_time(events, driver, proxy.now, lambda c: None))
+    deadline = None if duration is None else loop.time() + duration
     try:
-        done, _ = await asyncio.wait(either, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
-        if waiter in done:
-            waiter.result()  # a fatal error: raised as QuicmigError
-        return stop.result() if stop.done() else None
+        while True:
+            watched: set[asyncio.Future[Any]] = {waiter, stop}
+            if not schedule.done():
+                watched.add(schedule)
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait(watched, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return None  # --duration reached
+            for task in (waiter, schedule):
+                if task in done:
+                    task.result()  # a fatal error is raised here (QuicmigError)
+            if stop in done:
+                return stop.result()
     finally:
-        waiter.cancel()
-        await asyncio.gather(waiter, return_exceptions=True)
+        for task in (waiter, schedule):
+            task.cancel()
+        await asyncio.gather(waiter, schedule, return_exceptions=True)
         if sys.platform != "win32":
             loop.remove_signal_handler(signal.SIGUSR1)
 

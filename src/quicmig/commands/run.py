@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from quicmig.core.results import (
-    SCHEMA,
+    RUNS_SCHEMA,
     Result,
     check_output_dir,
     check_output_file,
@@ -20,7 +20,10 @@ from quicmig.core.results import (
 from quicmig.errors import InputError
 from quicmig.model.loader import builtin_names, load_scenario
 from quicmig.model.scenario import STACKS, Scenario
-from quicmig.report.table import make_console, print_result, summary_table
+from quicmig.model.verdicts import Verdict
+from quicmig.report.table import make_console, print_result, summary_table, verdict_words
+from quicmig.runner import RunOptions
+from quicmig.sim.runner import run_scenario
 
 BACKENDS = ("sim", "proxy", "lab")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -58,9 +61,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--stack",
         choices=STACKS,
         help="QUIC stack: `stock` is aioquic 1.7.2 as released, `quicmig` turns on every "
-        "extension of src/quicmig/aioquic_ext.py (challenge_first, reset_recovery) and expects "
-        "the scenario's quicmig_verdict. Default: as the scenario's [quic] table says, which "
-        "is stock for every built-in scenario",
+        "extension of src/quicmig/aioquic_ext.py (challenge_first, reset_recovery, "
+        "probe_old_path, honour_disable_migration) and expects the scenario's quicmig_verdict. "
+        "Default: as the scenario's [quic] table says, which is stock for every built-in "
+        "scenario",
     )
     parser.add_argument(
         "--backend", choices=BACKENDS, default="sim", help="network backend (default sim)"
@@ -116,19 +120,33 @@ def _dump(results: list[Result], path: Path, series: bool) -> None:
     if len(results) == 1:
         data = results[0].to_dict(series=series)
     else:
-        data = {
-            "schema": SCHEMA.replace("result/", "results/"),
-            "runs": [r.to_dict(series=series) for r in results],
-        }
+        data = {"schema": RUNS_SCHEMA, "runs": [r.to_dict(series=series) for r in results]}
     write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
-    from quicmig.sim.runner import RunOptions, run_scenario
-
     console = make_console()
     if args.backend in ("proxy", "lab"):
-        return _run_live(args, console)
+        if args.target == "all":
+            raise InputError(f"--backend {args.backend} runs one scenario at a time; name it")
+        if args.out is not None:
+            raise InputError("--out DIR goes with `all`; for one run use --json/--plot/--pcap")
+        scenario = load_scenario(args.target, args.overrides)
+        if args.stack is not None:
+            scenario = scenario.with_stack(args.stack)
+        _check_outputs(args)
+        return live_result(
+            scenario,
+            args.backend,
+            seed=args.seed,
+            pcap=args.pcap,
+            keylog=args.keylog,
+            qlog_dir=args.qlog_dir,
+            json_path=args.json,
+            plot=args.plot,
+            series=args.with_series,
+            quiet=args.quiet,
+        )
     if args.target == "all":
         for flag in ("pcap", "keylog", "plot", "qlog_dir"):
             if getattr(args, flag) is not None:
@@ -179,13 +197,13 @@ def run(args: argparse.Namespace) -> int:
             if args.out is not None:
                 _write_one(result, args.out, args.with_series)
             if len(scenarios) == 1:
-                _report_one(console, scenario, result, args)
+                _report_one(console, scenario, result, args.plot, args.json, args.quiet)
     if len(scenarios) > 1 and not args.quiet:
         console.print(summary_table(results))
     if args.json is not None:
         _dump(results, args.json, args.with_series)
     if len(scenarios) == 1:
-        return 0 if results[0].verdict.value == "passed" else 1
+        return 0 if results[0].verdict is Verdict.PASSED else 1
     unexpected = [r.scenario for r in results if not r.as_expected]
     console.print(
         f"{len(results) - len(unexpected)} of {len(results)} scenarios gave their expected verdict"
@@ -202,40 +220,52 @@ def _write_one(result: Result, folder: Path, series: bool) -> None:
 
 
 def _report_one(
-    console: Console, scenario: Scenario, result: Result, args: argparse.Namespace
+    console: Console,
+    scenario: Scenario,
+    result: Result,
+    plot: Path | None,
+    json_path: Path | None,
+    quiet: bool,
 ) -> None:
-    if args.plot is not None:
+    if plot is not None:
         from quicmig.report.plot import plot_timeline
 
-        plot_timeline(result, args.plot)
-        result.files["plot"] = str(args.plot)
-    if args.json is not None:
-        result.files["json"] = str(args.json)
-    if args.quiet:
+        plot_timeline(result, plot)
+        result.files["plot"] = str(plot)
+    if json_path is not None:
+        result.files["json"] = str(json_path)
+    if quiet:
         why = "".join(f"\n  {reason}" for reason in result.reasons)
-        console.print(f"{result.scenario}: {result.verdict.value}{why}", markup=False)
+        console.print(f"{result.scenario}: {verdict_words(result)}{why}", markup=False)
     else:
         print_result(console, result, scenario.expect.why)
 
 
-def _run_live(args: argparse.Namespace, console: Console) -> int:
-    """One scenario over real UDP through `quicmig proxy`, or through the namespace lab
-    (`--backend lab`, quicmig.lab.driver); see quicmig.live.runner."""
-    from quicmig.live.runner import LiveOptions, run_live
+def live_result(
+    scenario: Scenario,
+    backend: str,
+    *,
+    seed: int = 1,
+    pcap: Path | None = None,
+    keylog: Path | None = None,
+    qlog_dir: Path | None = None,
+    json_path: Path | None = None,
+    plot: Path | None = None,
+    series: bool = False,
+    quiet: bool = False,
+    timeout: float = 5.0,
+) -> int:
+    """One scenario over real UDP through the proxy, or through the namespace lab; report
+    it like a simulator run. The exit status: 0 passed, 1 not."""
+    from quicmig.live.backend import ClientOptions, LiveBackend, NetworkDriver
     from quicmig.live.stop import run_stoppable
+    from quicmig.runner import execute
 
-    backend = args.backend
-    if args.target == "all":
-        raise InputError(f"--backend {backend} runs one scenario at a time; name it")
-    if args.out is not None:
-        raise InputError("--out DIR goes with `all`; for one run use --json/--plot/--pcap")
-    scenario = load_scenario(args.target, args.overrides)
-    if args.stack is not None:
-        scenario = scenario.with_stack(args.stack)
-    _check_outputs(args)
-    if args.qlog_dir is not None:
-        args.qlog_dir.mkdir(parents=True, exist_ok=True)
-    options = LiveOptions(seed=args.seed, keylog=args.keylog, qlog_dir=args.qlog_dir)
+    if qlog_dir is not None:
+        qlog_dir.mkdir(parents=True, exist_ok=True)
+    options = RunOptions(seed=seed, keylog=keylog, qlog_dir=qlog_dir, pcap=pcap)
+    network: NetworkDriver
+    lab = None
     if backend == "lab":
         from quicmig.lab.driver import LabDriver
         from quicmig.lab.system import require
@@ -247,21 +277,23 @@ def _run_live(args: argparse.Namespace, console: Console) -> int:
             # delays and losses had been applied; stdout keeps only the verdict.
             print(f"⚠️  lab: {line}", file=sys.stderr, flush=True)
 
-        lab = LabDriver(scenario, args.seed, pcap=args.pcap, log=warn)
-        try:
-            result = run_stoppable(run_live(scenario, lab, options))
-        finally:
-            # run_live closes the driver; this is for the Ctrl-C that gave up waiting for it
-            # (a no-op otherwise).
-            lab.close()
+        network = lab = LabDriver(scenario, seed, pcap=pcap, log=warn)
     else:
         from quicmig.proxy.driver import ProxyDriver
 
-        driver = ProxyDriver(scenario, args.seed, pcap=args.pcap)
-        result = run_stoppable(run_live(scenario, driver, options))
-    if args.pcap is not None:
-        result.files["pcap"] = str(args.pcap)
-    _report_one(console, scenario, result, args)
-    if args.json is not None:
-        _dump([result], args.json, args.with_series)
-    return 0 if result.verdict.value == "passed" else 1
+        network = ProxyDriver.for_scenario(scenario, seed, pcap)
+    live = LiveBackend(network, client=ClientOptions(timeout=timeout))
+    try:
+        result = run_stoppable(execute(scenario, live, options))
+    finally:
+        if lab is not None:
+            # The backend closes the driver; this is for the Ctrl-C that gave up waiting for
+            # it (a no-op otherwise).
+            lab.close()
+    if pcap is not None:
+        result.files["pcap"] = str(pcap)
+    console = make_console()
+    _report_one(console, scenario, result, plot, json_path, quiet)
+    if json_path is not None:
+        _dump([result], json_path, series)
+    return 0 if result.verdict is Verdict.PASSED else 1

@@ -34,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("what happens")
     for name in builtin_names():
         scenario = load_scenario(name)
-        table.add_row(name, scenario.expect.verdict, scenario.summary)
+        table.add_row(name, scenario.expect.verdict.value, scenario.summary)
     console.print(table)
     return 0

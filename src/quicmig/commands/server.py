@@ -10,13 +10,12 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from quicmig.core.datagram import Address, format_address
+from quicmig.core.datagram import Address, format_address, parse_address
 from quicmig.core.results import check_output_dir
 from quicmig.errors import InputError
 from quicmig.live.certs import CERT_FILE, KEY_FILE, SAN_IPS, SAN_NAMES, CertPaths, write
 from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT, LiveServer
 from quicmig.model.scenario import STACKS, QuicExtensions
-from quicmig.model.topology import parse_host_port
 
 # aioquic warns on stderr about every connection closed with an error; our log says it.
 QUIC_LOGGER = "quic"
@@ -161,7 +160,7 @@ def parse_preferred(items: list[str], listen: list[Address]) -> list[Address]:
     preferred: list[Address] = []
     for item in items:
         what = f"--preferred-address {item}"
-        address = parse_host_port(item, what)
+        address = parse_address(item, what)
         family = ipaddress.ip_address(address[0]).version
         families = {ipaddress.ip_address(host).version for host, _ in listen}
         if family not in families:

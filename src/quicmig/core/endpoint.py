@@ -8,6 +8,7 @@ Every backend drives these the way aioquic's own QuicConnection is driven:
 from __future__ import annotations
 
 import math
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,11 +63,12 @@ EndpointEvent = HandshakeDone | WorkloadDone | Closed | FailoverNeeded
 
 
 def client_configuration(
-    certs: CertificateSet,
+    ca_pem: bytes | None,
     logger: TapLogger | None = None,
     secrets_log: TextIO | None = None,
     server_name: str = "localhost",
 ) -> QuicConfiguration:
+    """A client's configuration: verify the server against `ca_pem` (None: do not verify)."""
     config = QuicConfiguration(
         is_client=True,
         alpn_protocols=[ALPN],
@@ -74,7 +76,10 @@ def client_configuration(
         quic_logger=logger,
         secrets_log_file=secrets_log,
     )
-    config.load_verify_locations(cadata=certs.ca_pem)
+    if ca_pem is None:
+        config.verify_mode = ssl.CERT_NONE
+    else:
+        config.load_verify_locations(cadata=ca_pem)
     return config
 
 

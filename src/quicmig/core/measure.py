@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import bisect
 import statistics
+from collections.abc import Sequence
 
-from quicmig.core.app import ClientWorkload, Delivery, DownloadClient, MessagesClient, StreamClient
-from quicmig.core.datagram import format_address
+from quicmig.core.app import ClientWorkload, DownloadClient, MessagesClient, StreamClient
 from quicmig.core.results import MigrationResult, NetworkChange, Series, Transfer
 from quicmig.core.tracker import MigrationTracker, ObservedMigration
+from quicmig.model.events import EventKind
 
 
-def longest_gap(times: list[float], start: float, end: float, run_end: float) -> float | None:
+def longest_gap(times: Sequence[float], start: float, end: float, run_end: float) -> float | None:
     """Longest gap between consecutive deliveries that overlaps [start, end].
 
     If nothing was delivered after `start`, the gap runs from the last delivery to
@@ -32,8 +33,8 @@ def longest_gap(times: list[float], start: float, end: float, run_end: float) ->
 
 def migration_results(
     tracker: MigrationTracker,
-    changes: list[NetworkChange],
-    delivery_times: list[float],
+    changes: Sequence[NetworkChange],
+    delivery_times: Sequence[float],
     workload_done_at: float | None,
     run_end: float,
 ) -> list[MigrationResult]:
@@ -50,10 +51,10 @@ def migration_results(
         results.append(
             MigrationResult(
                 observed=mig.kind,
-                old_peer=format_address(mig.old_peer),
-                new_peer=format_address(mig.new_peer),
+                old_peer=mig.old_peer,
+                new_peer=mig.new_peer,
                 network_change_at=cause.at if cause else None,
-                network_change=cause.event if cause else None,
+                network_change=cause.kind if cause else None,
                 detected_at=mig.detected_at,
                 detection_delay=mig.detected_at - cause.at if cause else None,
                 first_packet_had_challenge=mig.first_packet_had_challenge,
@@ -72,14 +73,19 @@ def migration_results(
                 retransmitted_bytes=sum(
                     size for t, size in tracker.retransmitted if window_start <= t < window_end
                 ),
+                sent_before_validation=mig.sent_before_validation,
+                received_before_validation=mig.received_before_validation,
+                sent_to_old_after=mig.sent_to_old_after,
             )
         )
     return results
 
 
-def _cause(mig: ObservedMigration, changes: list[NetworkChange]) -> NetworkChange | None:
+def _cause(mig: ObservedMigration, changes: Sequence[NetworkChange]) -> NetworkChange | None:
     """The latest change of the network at or before the server noticed the migration."""
-    before = [c for c in changes if c.at <= mig.detected_at and c.event != "cid-rotate"]
+    before = [
+        c for c in changes if c.at <= mig.detected_at and c.kind is not EventKind.CID_ROTATION
+    ]
     return before[-1] if before else None
 
 
@@ -141,11 +147,11 @@ def transfer_result(
     raise TypeError(f"unknown workload {workload!r}")
 
 
-def series_of(delivery: Delivery, tracker: MigrationTracker) -> Series:
+def series_of(times: Sequence[float], totals: Sequence[int], tracker: MigrationTracker) -> Series:
     """The figure's time series: bytes delivered to the client's application, and the
     server's smoothed RTT and congestion window as aioquic's recovery reported them."""
     return Series(
-        delivered=list(zip(delivery.times, delivery.totals, strict=True)),
+        delivered=list(zip(times, totals, strict=True)),
         rtt=[(s.at, s.smoothed_rtt) for s in tracker.recovery if s.smoothed_rtt is not None],
         cwnd=[(s.at, s.cwnd) for s in tracker.recovery if s.cwnd is not None],
     )

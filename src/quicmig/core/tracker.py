@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from quicmig.core.datagram import Address
+from quicmig.core.datagram import Address, format_address, parse_address
 from quicmig.core.tap import Packet
+from quicmig.model.verdicts import MigrationKind
 
 # RFC 9000 section 9.1: packets holding only these frames are probing packets.
 PROBING_FRAMES = frozenset({"path_challenge", "path_response", "new_connection_id", "padding"})
@@ -48,10 +49,19 @@ class ObservedMigration:
     challenges: list[Challenge] = field(default_factory=list)
     server_dcid_before: str = ""
     server_dcid_after: str | None = None
+    # RFC 9000 section 8.1: UDP payload bytes to and from the new address until its
+    # validation (the server may send at most 3 times what it received).
+    sent_before_validation: int = 0
+    received_before_validation: int = 0
+    # Packets the server still sent to the old address after this move was detected: a
+    # server that never follows the new path keeps doing so.
+    sent_to_old_after: int = 0
 
     @property
-    def kind(self) -> str:
-        return "port_change" if self.old_peer[0] == self.new_peer[0] else "address_change"
+    def kind(self) -> MigrationKind:
+        if self.old_peer[0] == self.new_peer[0]:
+            return MigrationKind.PORT_CHANGE
+        return MigrationKind.ADDRESS_CHANGE
 
     @property
     def cid_changed(self) -> bool:
@@ -131,6 +141,12 @@ class MigrationTracker:
     # Observer interface (see TapTrace)
 
     def on_packet_received(self, packet: Packet) -> None:
+        self._receive(packet)
+        current = self.migrations[-1] if self.migrations else None
+        if current and packet.peer == current.new_peer and current.validated_at is None:
+            current.received_before_validation += packet.length
+
+    def _receive(self, packet: Packet) -> None:
         peer = packet.peer
         self.datagrams_from[peer] = self.datagrams_from.get(peer, 0) + packet.length
         if peer not in self.peers_seen:
@@ -186,6 +202,8 @@ class MigrationTracker:
             first_to_peer = peer not in self._sent_to
             self._sent_to.add(peer)
             on_new_path = current is not None and peer == current.new_peer
+            if current is not None and peer == current.old_peer:
+                current.sent_to_old_after += 1
             has_challenge = False
             for frame in packet.frames:
                 kind = frame["frame_type"]
@@ -198,6 +216,8 @@ class MigrationTracker:
                     if current is not None and on_new_path:
                         current.challenges.append(challenge)
             if current is not None and on_new_path:
+                if current.validated_at is None:
+                    current.sent_before_validation += packet.length
                 if current.first_packet_to_peer_at is None:
                     current.first_packet_to_peer_at = packet.at
                     current.first_packet_had_challenge = has_challenge
@@ -248,3 +268,133 @@ class MigrationTracker:
             for challenge in migration.challenges
             if challenge.in_first_packet
         ]
+
+    # --- the record: what the live server hands out (MIGRATIONS, /migrations) ---------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything the judge reads, as JSON (addresses written as IP:PORT)."""
+        index = {id(c): i for i, c in enumerate(self.challenges)}
+        return {
+            "peer": _addr(self.peer),
+            "peers_seen": [format_address(p) for p in self.peers_seen],
+            "challenges": [
+                {
+                    "sent_at": c.sent_at,
+                    "peer": format_address(c.peer),
+                    "data": c.data,
+                    "in_first_packet": c.in_first_packet,
+                    "answered_at": c.answered_at,
+                }
+                for c in self.challenges
+            ],
+            "migrations": [
+                {
+                    "detected_at": m.detected_at,
+                    "old_peer": format_address(m.old_peer),
+                    "new_peer": format_address(m.new_peer),
+                    "old_dcid": m.old_dcid,
+                    "new_dcid": m.new_dcid,
+                    "first_packet_to_peer_at": m.first_packet_to_peer_at,
+                    "first_packet_had_challenge": m.first_packet_had_challenge,
+                    "challenges": [index[id(c)] for c in m.challenges],
+                    "server_dcid_before": m.server_dcid_before,
+                    "server_dcid_after": m.server_dcid_after,
+                    "sent_before_validation": m.sent_before_validation,
+                    "received_before_validation": m.received_before_validation,
+                    "sent_to_old_after": m.sent_to_old_after,
+                }
+                for m in self.migrations
+            ],
+            "cid_rotations": [
+                {"at": r.at, "peer": format_address(r.peer)} for r in self.cid_rotations
+            ],
+            "server_addresses": [
+                {
+                    "local": format_address(u.local),
+                    "first_packet_at": u.first_packet_at,
+                    "first_packet_dcid": u.first_packet_dcid,
+                    "first_dcid_new": u.first_dcid_new,
+                    "first_packet_probing": u.first_packet_probing,
+                    "moved_at": u.moved_at,
+                }
+                for u in self.server_addresses.values()
+            ],
+            "lost_packets": list(self.lost_packets),
+            "retransmitted": [list(r) for r in self.retransmitted],
+            "bytes_to": {format_address(a): n for a, n in self.datagrams_to.items()},
+            "bytes_from": {format_address(a): n for a, n in self.datagrams_from.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], clock_offset: float = 0.0) -> MigrationTracker:
+        """A tracker holding the record `to_dict()` wrote (for observations made elsewhere:
+        the judge reads it like one that watched the packets itself). `clock_offset`
+        (seconds) is subtracted from every time: the record's clock minus the reader's."""
+        data = _shifted(data, clock_offset) if clock_offset else data
+        tracker = cls()
+        tracker.peer = parse_address(data["peer"]) if data.get("peer") else None
+        tracker.peers_seen = [parse_address(p) for p in data.get("peers_seen", [])]
+        challenges = [
+            Challenge(
+                c["sent_at"], parse_address(c["peer"]), c["data"], c["in_first_packet"],
+                c.get("answered_at"),
+            )
+            for c in data.get("challenges", [])
+        ]  # fmt: skip
+        tracker._challenges = {c.data: c for c in challenges}
+        for m in data.get("migrations", []):
+            tracker.migrations.append(
+                ObservedMigration(
+                    detected_at=m["detected_at"],
+                    old_peer=parse_address(m["old_peer"]),
+                    new_peer=parse_address(m["new_peer"]),
+                    old_dcid=m["old_dcid"],
+                    new_dcid=m["new_dcid"],
+                    first_packet_to_peer_at=m.get("first_packet_to_peer_at"),
+                    first_packet_had_challenge=m.get("first_packet_had_challenge"),
+                    challenges=[challenges[i] for i in m.get("challenges", [])],
+                    server_dcid_before=m.get("server_dcid_before", ""),
+                    server_dcid_after=m.get("server_dcid_after"),
+                    sent_before_validation=m.get("sent_before_validation", 0),
+                    received_before_validation=m.get("received_before_validation", 0),
+                    sent_to_old_after=m.get("sent_to_old_after", 0),
+                )
+            )
+        tracker.cid_rotations = [
+            CidRotation(r["at"], parse_address(r["peer"])) for r in data.get("cid_rotations", [])
+        ]
+        for u in data.get("server_addresses", []):
+            local = parse_address(u["local"])
+            tracker.server_addresses[local] = ServerAddressUse(
+                local, u["first_packet_at"], u["first_packet_dcid"], u["first_dcid_new"],
+                u["first_packet_probing"], u.get("moved_at"),
+            )  # fmt: skip
+        tracker.lost_packets = [t - clock_offset for t in data.get("lost_packets", [])]
+        tracker.retransmitted = [(t - clock_offset, n) for t, n in data.get("retransmitted", [])]
+        tracker.datagrams_to = {parse_address(a): n for a, n in data.get("bytes_to", {}).items()}
+        tracker.datagrams_from = {
+            parse_address(a): n for a, n in data.get("bytes_from", {}).items()
+        }
+        return tracker
+
+
+TIME_KEYS = frozenset(
+    {"sent_at", "answered_at", "detected_at", "first_packet_to_peer_at", "at",
+     "first_packet_at", "moved_at"}
+)  # fmt: skip
+
+
+def _shifted(value: Any, offset: float) -> Any:
+    """`value` (a record) with `offset` taken from every time in it."""
+    if isinstance(value, dict):
+        return {
+            k: (v - offset if k in TIME_KEYS and v is not None else _shifted(v, offset))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_shifted(v, offset) for v in value]
+    return value
+
+
+def _addr(address: Address | None) -> str | None:
+    return format_address(address) if address is not None else None

@@ -19,6 +19,7 @@ from rich.text import Text
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.results import MigrationResult, NetworkChange
 from quicmig.demo.observe import Observation, PacketRecord
+from quicmig.model.events import EventKind
 
 # Frames that make a packet worth its own row.
 KEY_FRAMES = frozenset(
@@ -81,14 +82,16 @@ def foci(obs: Observation, limit: int = 3) -> list[Focus]:
         start = mig.network_change_at if mig.network_change_at is not None else mig.detected_at
         settle = mig.validated_at or mig.challenge_sent_at or mig.detected_at
         change = next((c for c in obs.changes if c.at == mig.network_change_at), None)
-        kind = mig.observed.replace("_", " ")
+        kind = mig.observed.label
         out.append(Focus(f"Migration {index}: {kind}", start, settle, mig, change))
     if not out:
         for change in obs.changes:
             settle = change.at + QUIET
-            if change.event == "cid-rotate":
+            if change.kind is EventKind.CID_ROTATION:
                 settle = _first_new_dcid(obs.records, change.at) or settle
-            out.append(Focus(f"{change.event} at {change.at:g} s", change.at, settle, None, change))
+            out.append(
+                Focus(f"{change.kind.value} at {change.at:g} s", change.at, settle, None, change)
+            )
     return out[:limit]
 
 
@@ -150,7 +153,6 @@ def build_rows(obs: Observation, focus: Focus) -> list[Row]:
             rows.append(ChangeRow(changes.pop(0)))
         packet = record.packet
         notes = []
-        peer = format_address(packet.peer)
         if record.inbound and packet.peer not in seen_in:
             notes.append("new address")
         if not record.inbound and packet.peer not in seen_out:
@@ -159,7 +161,7 @@ def build_rows(obs: Observation, focus: Focus) -> list[Row]:
             mig is not None
             and record.inbound
             and record.at == mig.detected_at
-            and peer == mig.new_peer
+            and packet.peer == mig.new_peer
             and not record.probing
         ):
             notes = ["migration detected"]
@@ -265,7 +267,7 @@ def diagram(obs: Observation, focus: Focus, width: int = 100) -> Group:
     """
     rows = build_rows(obs, focus)
     labels = cid_labels(obs.records)
-    original = _parse(focus.migration.old_peer) if focus.migration is not None else None
+    original = focus.migration.old_peer if focus.migration is not None else None
     cells: list[tuple[PacketRow, list[str]]] = []
     for row in rows:
         if isinstance(row, PacketRow):
@@ -289,7 +291,7 @@ def diagram(obs: Observation, focus: Focus, width: int = 100) -> Group:
         if isinstance(row, ChangeRow):
             change = row.change
             line = Text(_pad(f"{change.at:.4f}", widths[0], right=True) + " ")
-            line.append(f"⚡ {change.event}: {change.detail}", style="bold magenta")
+            line.append(f"⚡ {change.kind.value}: {change.detail}", style="bold magenta")
             lines.append(line)
             continue
         if isinstance(row, GapRow):
@@ -353,8 +355,3 @@ def _cells(row: PacketRow, labels: dict[str, int]) -> list[str]:
     label = labels.get(packet.dcid)
     dcid = f"#{label} {packet.dcid[:8]}" if label is not None else packet.dcid[:8]
     return [f"{record.at:.4f}", socket, arrow, format_address(packet.peer), _packet(row), dcid]
-
-
-def _parse(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return (host.strip("[]"), int(port))

@@ -23,6 +23,7 @@ from quicmig.demo.diagram import TIMES, diagram, foci
 from quicmig.demo.observe import Observation, observe
 from quicmig.model.loader import builtin_names, load_scenario
 from quicmig.model.scenario import Scenario
+from quicmig.model.verdicts import CheckState
 from quicmig.report.table import verdict_text
 
 WIDTH = 100  # columns at most: prose and diagrams are laid out for this
@@ -216,7 +217,7 @@ def _numbers(obs: Observation, mig: MigrationResult) -> Table:
     table.add_row("network change", change)
     table.add_row(
         "server saw",
-        f"{mig.observed.replace('_', ' ')}: {mig.old_peer} → {mig.new_peer} "
+        f"{mig.observed.label}: {format_address(mig.old_peer)} → {format_address(mig.new_peer)} "
         f"at {mig.detected_at:.4f} s",
     )
     table.add_row("detection delay", f"{_ms(mig.detection_delay)} (change → first packet seen)")
@@ -254,7 +255,7 @@ def _before_validation(obs: Observation, mig: MigrationResult) -> tuple[int, int
     until = mig.validated_at if mig.validated_at is not None else float("inf")
     sent = received = 0
     for record in obs.records:
-        if record.at >= until or format_address(record.packet.peer) != mig.new_peer:
+        if record.at >= until or record.packet.peer != mig.new_peer:
             continue
         if record.at < mig.detected_at:
             continue
@@ -273,11 +274,16 @@ def _outcome(result: Result, scenario: Scenario, width: int) -> Text:
         + (", intact" if transfer.intact else ", not complete")
         + (f", done at {transfer.completed_at:.3f} s" if transfer.completed_at else "")
     )
-    marks = {True: ("✓", "green"), False: ("✗", "red"), None: ("?", "yellow")}
+    marks = {
+        CheckState.PASSED: ("✓", "green"),
+        CheckState.FAILED: ("✗", "red"),
+        CheckState.UNSUPPORTED: ("?", "yellow"),
+        CheckState.NOT_APPLICABLE: ("-", "dim"),
+    }
     text.append("\nChecks:")
     column = len("Checks:")
     for check in result.checks:
-        mark, style = marks[check.passed]
+        mark, style = marks[check.state]
         item = f"{mark} {check.name}"
         if column + 2 + len(item) > width:
             text.append("\n       ")

@@ -21,7 +21,8 @@ from quicmig.core.results import NetworkChange, Result
 from quicmig.core.tap import Packet, PacketObserver, TapLogger
 from quicmig.core.tracker import MigrationTracker, is_probing
 from quicmig.model.scenario import Scenario
-from quicmig.sim.runner import RunOptions, Simulation
+from quicmig.runner import RunOptions, run
+from quicmig.sim.runner import SimBackend, Simulation
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,16 +141,20 @@ class Observation:
 
 def observe(scenario: Scenario, seed: int = 1) -> Observation:
     """Run `scenario` in the simulator exactly as `run_scenario` does, recording packets."""
-    sim = Simulation(scenario, RunOptions(seed=seed))
-    wire = WireTap(sim.server.local)
-    logger = RecordingLogger(sim.server_logger, wire)
-    sim.server.endpoint.configuration.quic_logger = logger
-    sim.network.tap_interface(sim.server.ref, wire.on_server_interface)
-    topology = sim.scenario.topology
-    for host in topology.clients:
-        for iface in host.interfaces:
-            sim.network.tap_interface(f"{host.name}.{iface.name}", wire.on_client_interface)
-    result = sim.run()
+    built: list[tuple[Simulation, RecordingLogger]] = []
+
+    def watch(sim: Simulation) -> None:
+        wire = WireTap(sim.server.local)
+        logger = RecordingLogger(sim.server_logger, wire)
+        sim.server.endpoint.configuration.quic_logger = logger
+        sim.network.tap_interface(sim.server.ref, wire.on_server_interface)
+        for host in sim.scenario.topology.clients:
+            for iface in host.interfaces:
+                sim.network.tap_interface(f"{host.name}.{iface.name}", wire.on_client_interface)
+        built.append((sim, logger))
+
+    result = run(scenario, SimBackend(on_built=watch), RunOptions(seed=seed))
+    sim, logger = built[0]
     connections: list[ServerConnection] = sim.server.endpoint.connections
     tracker = connections[0].tracker if connections else None
     recorder = next((r for r in logger.recorders if r.inner is tracker), None)

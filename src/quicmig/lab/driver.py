@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from quicmig.core.datagram import Address
-from quicmig.core.results import NetworkChange
+from quicmig.core.results import Check, NetworkChange
 from quicmig.errors import QuicmigError
 from quicmig.lab.network import (
     INTERFACES,
@@ -61,15 +61,17 @@ from quicmig.lab.network import (
     owned,
 )
 from quicmig.lab.system import Capabilities, detect, in_ns, run
-from quicmig.live.runner import Placement
-from quicmig.model.scenario import (
+from quicmig.live.backend import Placement
+from quicmig.model.events import (
     AddressChange,
+    EventKind,
     NatRebind,
-    Scenario,
     Switch,
     SwitchMode,
     TimelineEvent,
+    kind_of,
 )
+from quicmig.model.scenario import Scenario
 from quicmig.model.topology import LinkProfile
 
 CLIENT_KEEPALIVE = 0.1  # seconds without sending before the client PINGs
@@ -136,6 +138,7 @@ def _rate(bits: float | None) -> str:
 
 class LabDriver:
     name = "lab"
+    client_moves = False  # the kernel moves the client; its socket never moves
 
     def __init__(
         self,
@@ -187,7 +190,10 @@ class LabDriver:
             loss_pct=profile.loss * 100,
         )
 
-    async def place(self) -> Placement:
+    def unsupported_settings(self, scenario: Scenario) -> Sequence[Check]:
+        return ()
+
+    async def place(self, scenario: Scenario) -> Placement:
         start = self.lab_of[self.start_iface]  # the scenario checked that the client has it
         self._stack.enter_context(owned(self.prefix))  # before the probe: see network.clean
         caps = self.capabilities or detect(f"{self.prefix}-probe")
@@ -246,8 +252,11 @@ class LabDriver:
                 return self._unknown(to)
             case AddressChange(iface=ref):
                 return self._unknown(ref)
-        kind = type(event).__name__
-        return f"{kind} is not built in the lab (it does nat-rebind, switch, address-change)"
+        kind = kind_of(event).value
+        return (
+            f"{kind} is not built in the lab (it does nat-rebinding, interface-switch, "
+            "address-change)"
+        )
 
     async def apply(self, event: TimelineEvent, now: float) -> NetworkChange:
         net = self.net
@@ -261,12 +270,13 @@ class LabDriver:
         match event:
             case NatRebind(nat=nat):
                 move = await asyncio.to_thread(net.rebind)
-                return self._change(move.at + offset, "nat-rebind", f"{nat}: {move.detail}", move)
+                detail = f"{nat}: {move.detail}"
+                return self._change(move.at + offset, EventKind.NAT_REBINDING, detail, move)
             case Switch(to=to, gap=gap):
                 if self.lab_of.get(to) is net.current:
                     raise QuicmigError(f"switch to {to}: the client is already on it")
                 move = await asyncio.to_thread(net.switch, gap)
-                return self._change(move.at + offset, "switch", move.detail, move)
+                return self._change(move.at + offset, EventKind.INTERFACE_SWITCH, move.detail, move)
             case AddressChange(iface=ref):
                 if self.lab_of.get(_iface_name(ref)) is not net.current:
                     raise QuicmigError(
@@ -274,13 +284,14 @@ class LabDriver:
                     )
                 move = await asyncio.to_thread(net.ip_change)
                 detail = f"{ref}: {move.detail}"
-                return self._change(move.at + offset, "address-change", detail, move)
-        raise QuicmigError(f"{type(event).__name__} is not supported by the lab backend")
+                return self._change(move.at + offset, EventKind.ADDRESS_CHANGE, detail, move)
+        raise QuicmigError(f"{kind_of(event).value} is not supported by the lab backend")
 
-    def _change(self, now: float, event: str, detail: str, move: NetworkMove) -> NetworkChange:
+    def _change(self, now: float, kind: EventKind, detail: str, move: NetworkMove) -> NetworkChange:
         self.moves.append(move)
         public = f"public {move.old_public} -> {move.new_public}"
-        return NetworkChange(now, event, f"{detail} ({public})", False)
+        # Passive: the client's socket never moved and it was not told (RFC 9000 9.3).
+        return NetworkChange(now, kind, f"{detail} ({public})", False, move.new_public)
 
     # --- results and cleanup -------------------------------------------------------------
 

@@ -1,16 +1,17 @@
 """The live QUIC client: `ClientEndpoint` (the simulator's) on real asyncio UDP sockets.
 
-Migrations are real: the client really sends from another socket.
+Its moves are real: the client really sends from another socket, one mover per kind.
 
-- `nat-rebinding`: a new UDP socket on the same address (new source port); the old one is
-  closed. The client behaves as if it did not notice (RFC 9000 section 9.3): same connection
-  ID; one PING stands for "its next packet", so an idle client does not stay silent.
-- `ip-change`: a new socket on the next local address (`addresses`, default 127.0.0.1-3);
-  an active migration, so a fresh connection ID and a PING at once (section 9.5).
-- `network-switch`: moves to the next local address like a WiFi -> cellular handover,
-  break-before-make (old socket closed, a gap, then the new one) or make-before-break (the
-  new socket sends at once, the old one keeps receiving for an overlap), with a new CID.
-- `cid-rotation`: a fresh connection ID on the same path (section 9.5).
+- `rebind()`: a new UDP socket on the same address (a new source port), or on `address` (an
+  address rebinding); the old one is closed. The client behaves as if it did not notice (RFC
+  9000 section 9.3): same connection ID; one PING stands for "its next packet", so an idle
+  client does not stay silent. This is what a NAT rebinding looks like to the server.
+- `move_to(address)`: a new socket on another local address; an active migration (an IP
+  change), so a fresh connection ID and a PING at once (section 9.5).
+- `switch(address, mode, ...)`: like a WiFi -> cellular handover, break-before-make (old
+  socket closed, a gap, then the new one) or make-before-break (the new socket sends at once,
+  the old one keeps receiving for an overlap), with a new CID unless told otherwise.
+- `rotate_cid()`: a fresh connection ID on the same path (section 9.5).
 
 What the server made of it is fetched from the server over the same connection (`MIGRATIONS`).
 """
@@ -24,53 +25,27 @@ import json
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 
 from quicmig.aioquic_ext import connection_class
 from quicmig.core.app import ClientWorkload, content
 from quicmig.core.datagram import Address, format_address
-from quicmig.core.endpoint import ALPN, ClientEndpoint, Closed, HandshakeDone
+from quicmig.core.endpoint import ClientEndpoint, Closed, HandshakeDone, client_configuration
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live.server import MIGRATIONS_VERB
 from quicmig.live.udp import Timer, UdpSocket, bind_error, family_of, open_socket
+from quicmig.model.events import EventKind, SwitchMode
 from quicmig.model.scenario import QuicExtensions
 
-KINDS = ("nat-rebinding", "ip-change", "network-switch", "cid-rotation")
-EXPECTED_OBSERVATION = {  # what the server's tracker must classify each kind as
-    "nat-rebinding": "port_change",
-    "ip-change": "address_change",
-    "network-switch": "address_change",
-}
 DEFAULT_IPV4_ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 DEFAULT_IPV6_ADDRESSES = ("::1",)
 DEFAULT_TIMEOUT = 5.0  # seconds: handshake and each request
 DEFAULT_GAP = 0.2  # seconds without any socket (break-before-make) or with both (make-before)
 CRYPTO_ERRORS = range(0x100, 0x200)  # RFC 9001 section 4.8: TLS alerts as QUIC errors
-
-
-class SwitchMode(Enum):
-    BREAK_BEFORE_MAKE = "break-before-make"
-    MAKE_BEFORE_BREAK = "make-before-break"
-
-
-def parse_kinds(text: str) -> list[str]:
-    """`KIND[,KIND...]` -> list; an unknown kind is an InputError naming the known ones."""
-    kinds = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [kind for kind in kinds if kind not in KINDS]
-    if unknown or not kinds:
-        what = (
-            f"unknown migration kind {', '.join(repr(k) for k in unknown)}"
-            if unknown
-            else ("no migration kind given")
-        )
-        raise InputError(f"{what}: the known kinds are {', '.join(KINDS)}")
-    return kinds
 
 
 def default_addresses(server_host: str) -> tuple[str, ...]:
@@ -87,18 +62,14 @@ class MigrationRefused(QuicmigError):
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """One migration the client performed: what it did, not what the server saw."""
+    """One move the client made: what it did, not what the server saw."""
 
-    kind: str
-    at: float  # seconds since the client started
+    kind: EventKind
+    at: float  # seconds on the client's clock
     old_local: Address
     new_local: Address
     new_cid: bool
     detail: str = ""
-
-    @property
-    def moves_path(self) -> bool:
-        return self.kind != "cid-rotation"
 
 
 @dataclass(slots=True)
@@ -234,14 +205,16 @@ class LiveClient:
         secrets_log: TextIO | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         honour_disable_migration: bool = True,
+        keepalive: float | None = None,
         clock: Callable[[], float] | None = None,
         workload: Callable[[QuicConnection], ClientWorkload] | None = None,
     ) -> None:
-        """`honour_disable_migration`: refuse ip-change and network-switch once the server
-        sent disable_active_migration (RFC 9000 section 18.2); False migrates anyway, to show
-        what the server does then. `clock` (seconds): the run's clock, so that the client's
-        times compare with the server tracker's; by default the time since connect().
-        `workload`: makes a scenario workload for the connection (see RequestWorkload)."""
+        """`honour_disable_migration`: refuse active moves once the server sent
+        disable_active_migration (RFC 9000 section 18.2); False migrates anyway, to show
+        what the server does then. `keepalive` (seconds): PING after this long without
+        sending. `clock` (seconds): the run's clock, so that the client's times compare with
+        the server tracker's; by default the time since connect(). `workload`: makes a
+        scenario workload for the connection (see RequestWorkload)."""
         if ca is None and not insecure:
             raise ValueError("give a CA to verify the server against, or insecure=True")
         self.server = server
@@ -249,22 +222,14 @@ class LiveClient:
         self.insecure = insecure
         self.addresses = tuple(addresses) if addresses else default_addresses(server[0])
         self.timeout = timeout
-        config = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[ALPN],
-            server_name=server_name or server[0],
-            secrets_log_file=secrets_log,
-        )
-        if insecure:
-            import ssl
-
-            config.verify_mode = ssl.CERT_NONE
-        else:
+        self.keepalive = keepalive
+        ca_pem = None
+        if not insecure:
             assert ca is not None
             try:
                 # aioquic only stores the path and fails inside the handshake; read it now.
-                x509.load_pem_x509_certificates(ca.read_bytes())
-                config.load_verify_locations(cafile=str(ca))
+                ca_pem = ca.read_bytes()
+                x509.load_pem_x509_certificates(ca_pem)
             except (OSError, ValueError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else "not a PEM certificate"
                 raise InputError(
@@ -272,8 +237,10 @@ class LiveClient:
                     "beside its cert.pem on first start (or run `quicmig certs`); pass it with "
                     "--ca FILE, or skip verification with --insecure"
                 ) from exc
+        self._config = client_configuration(
+            ca_pem, secrets_log=secrets_log, server_name=server_name or server[0]
+        )
         self._workload: RequestWorkload | None = None
-        self._config = config
         # Stock aioquic 1.7.2 drops the parameter; the extension reads it (aioquic_ext.py).
         self._connection_class = connection_class(
             QuicExtensions(honour_disable_migration=honour_disable_migration)
@@ -396,6 +363,7 @@ class LiveClient:
             self.server,
             self._make_workload,
             seed=0,
+            keepalive=self.keepalive,
             connection_class=self._connection_class,
         )
         self.endpoint = endpoint
@@ -503,10 +471,11 @@ class LiveClient:
         return record
 
     async def confirmed_record(self, timeout: float = 2.0) -> dict[str, Any]:
-        """The server's record once it shows every path move validated (or after `timeout`)."""
+        """The server's record once it shows every path move of this client validated (or
+        after `timeout` seconds)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        paths = sum(move.moves_path for move in self.moves)
+        paths = sum(move.kind is not EventKind.CID_ROTATION for move in self.moves)
         while True:
             record = await self.server_record()
             migrations = record["migrations"]
@@ -516,23 +485,10 @@ class LiveClient:
                 return record
             await asyncio.sleep(0.05)
 
-    # --- migrations ---------------------------------------------------------------------
+    # --- moves --------------------------------------------------------------------------
 
-    def check_moves(self, kinds: Sequence[str]) -> None:
-        """Fail early, before connecting, if `kinds` need local addresses this host lacks."""
-        movers = [kind for kind in kinds if kind in ("ip-change", "network-switch")]
-        if not movers:
-            return
-        self._next_address(movers[0])
-        for host in self.addresses:
-            try:
-                with socket.socket(family_of(host), socket.SOCK_DGRAM) as probe:
-                    probe.bind((host, 0))
-            except OSError as exc:
-                raise QuicmigError(bind_error((host, 0), exc, f"client, for {movers[0]}")) from None
-
-    def _next_address(self, kind: str) -> str:
-        here = self.local[0]
+    def next_address(self) -> str:
+        """The local address after the current one in `addresses` (InputError if only one)."""
         if len(self.addresses) < 2:
             ipv6 = ":" in self.addresses[0]
             hint = (
@@ -541,182 +497,96 @@ class LiveClient:
                 if ipv6
                 else "pass two or more with --addresses, e.g. 127.0.0.1,127.0.0.2"
             )
-            raise InputError(f"{kind} needs a second local address to move to: {hint}")
+            raise InputError(f"a move to another address needs a second local address: {hint}")
+        here = self.local[0]
         index = self.addresses.index(here) if here in self.addresses else -1
         return self.addresses[(index + 1) % len(self.addresses)]
 
-    async def migrate(
-        self,
-        kind: str,
-        mode: SwitchMode = SwitchMode.BREAK_BEFORE_MAKE,
-        gap: float = DEFAULT_GAP,
-    ) -> Move:
-        """Perform one migration of `kind` (see KINDS) for real; returns what was done.
+    def check_addresses(self) -> None:
+        """Fail early, before connecting, if the local addresses cannot be bound."""
+        for host in self.addresses:
+            try:
+                with socket.socket(family_of(host), socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, 0))
+            except OSError as exc:
+                raise QuicmigError(bind_error((host, 0), exc, "client")) from None
 
-        Raises MigrationRefused for an active migration (ip-change, network-switch) after the
-        server sent disable_active_migration; a NAT rebinding is not the client's choice and
-        always happens.
-        """
-        endpoint = self._endpoint()
-        if kind in ("ip-change", "network-switch"):
-            refusal = endpoint.active_migration_refusal()
-            if refusal is not None:
-                raise MigrationRefused(f"{kind} refused: {refusal}")
-        old = self._current
-        if old is None:
-            raise RuntimeError("no socket: a migration is already in progress")
-        old_local = old.local
-        started = self.now()
-        detail = ""
-        if kind == "nat-rebinding":
-            new = await self._open(old_local[0])
-            self._current = new
-            self._close_socket(old)
-            # Same CID: the client does not know. The PING only stands for "its next packet":
-            # without one, an idle or receive-only client would stay silent and the server
-            # would keep sending to the old port, as with a real NAT.
-            endpoint.migrate(self.now(), new_cid=False)
-            new_cid = False
-            detail = "new socket and source port, same address, same CID"
-        elif kind == "ip-change":
-            new = await self._open(self._next_address(kind))
-            self._current = new
-            self._close_socket(old)
-            endpoint.migrate(self.now(), new_cid=True)
-            new_cid = True
-            detail = "new address, new CID"
-        elif kind == "network-switch":
-            address = self._next_address(kind)
-            new_cid = True
-            if mode is SwitchMode.BREAK_BEFORE_MAKE:
-                self._close_socket(old)
-                await asyncio.sleep(gap)
-                new = await self._open(address)
-                self._current = new
-                endpoint.migrate(self.now(), new_cid=True)
-                detail = f"break-before-make, {gap * 1e3:.0f} ms without network, new CID"
-            else:
-                new = await self._open(address)
-                self._current = new
-                endpoint.migrate(self.now(), new_cid=True)
-                self._service()
-                await asyncio.sleep(gap)
-                self._close_socket(old)
-                detail = f"make-before-break, both up for {gap * 1e3:.0f} ms, new CID"
-        elif kind == "cid-rotation":
-            endpoint.rotate_cid(self.now())
-            new, new_cid = old, True
-            detail = "same path, new CID"
-        else:
-            raise InputError(f"unknown migration kind {kind!r}: the known kinds are {KINDS}")
+    def _refuse_active(self, what: str) -> None:
+        refusal = self._endpoint().active_migration_refusal()
+        if refusal is not None:
+            raise MigrationRefused(f"{what} refused: {refusal}")
+
+    def _socket(self) -> UdpSocket:
+        if self._current is None:
+            raise RuntimeError("no socket: a move is already in progress")
+        return self._current
+
+    def _moved(
+        self, kind: EventKind, started: float, old: Address, new_cid: bool, detail: str
+    ) -> Move:
         self._service()
-        move = Move(kind, started, old_local, new.local, new_cid, detail)
+        move = Move(kind, started, old, self.local, new_cid, detail)
         self.moves.append(move)
         return move
 
+    async def rebind(self, address: str | None = None) -> Move:
+        """A NAT rebinding as the server sees it: a new socket, on `address` if given (an
+        address rebinding), same CID; the client does not know it moved."""
+        old = self._socket()
+        started = self.now()
+        new = await self._open(address or old.local[0])
+        self._current = new
+        self._close_socket(old)
+        # The PING only stands for "its next packet": without one, an idle or receive-only
+        # client would stay silent and the server would keep sending to the old port.
+        self._endpoint().migrate(self.now(), new_cid=False)
+        kind = EventKind.ADDRESS_REBINDING if address else EventKind.NAT_REBINDING
+        what = "new address" if address else "new source port, same address"
+        return self._moved(kind, started, old.local, False, f"new socket, {what}, same CID")
 
-@dataclass(frozen=True, slots=True)
-class Confirmation:
-    """One client move beside what the server's tracker recorded for it."""
+    async def move_to(self, address: str) -> Move:
+        """An active move to another local address (an IP change): new socket, new CID."""
+        self._refuse_active("ip-change")
+        old = self._socket()
+        started = self.now()
+        self._current = await self._open(address)
+        self._close_socket(old)
+        self._endpoint().migrate(self.now(), new_cid=True)
+        return self._moved(
+            EventKind.ADDRESS_CHANGE, started, old.local, True, "new address, new CID"
+        )
 
-    move: Move
-    observed: dict[str, Any] | None  # the server's migration (or CID rotation) record
-    confirmed: bool
-    why: str
+    async def switch(
+        self,
+        address: str,
+        mode: SwitchMode = SwitchMode.BREAK_BEFORE_MAKE,
+        gap: float = DEFAULT_GAP,
+        overlap: float = DEFAULT_GAP,
+        new_cid: bool = True,
+    ) -> Move:
+        """Move to `address` like a WiFi -> cellular handover (see the module notes)."""
+        self._refuse_active("network-switch")
+        old = self._socket()
+        started = self.now()
+        cid = "new CID" if new_cid else "same CID"
+        if mode is SwitchMode.BREAK_BEFORE_MAKE:
+            self._close_socket(old)
+            await asyncio.sleep(gap)
+            self._current = await self._open(address)
+            self._endpoint().migrate(self.now(), new_cid=new_cid)
+            detail = f"break-before-make, {gap * 1e3:.0f} ms without network, {cid}"
+        else:
+            self._current = await self._open(address)
+            self._endpoint().migrate(self.now(), new_cid=new_cid)
+            self._service()
+            await asyncio.sleep(overlap)
+            self._close_socket(old)
+            detail = f"make-before-break, both up for {overlap * 1e3:.0f} ms, {cid}"
+        return self._moved(EventKind.INTERFACE_SWITCH, started, old.local, new_cid, detail)
 
-
-def confirm(moves: Sequence[Move], record: dict[str, Any]) -> list[Confirmation]:
-    """Pair each move with the server's records, in order, and say whether they agree.
-
-    A path move is confirmed when the server saw a migration to exactly the client's new
-    address, classified as expected, and validated it (PATH_CHALLENGE answered). A CID
-    rotation is confirmed when the server recorded a rotation.
-    """
-    migrations = list(record.get("migrations", []))
-    rotations = list(record.get("cid_rotations", []))
-    out = []
-    for move in moves:
-        if not move.moves_path:
-            seen = rotations.pop(0) if rotations else None
-            ok = seen is not None
-            out.append(Confirmation(move, seen, ok, "" if ok else "no CID rotation recorded"))
-            continue
-        mig = migrations.pop(0) if migrations else None
-        if mig is None:
-            out.append(Confirmation(move, None, False, "the server recorded no migration"))
-            continue
-        problems = []
-        if mig["new_peer"] != format_address(move.new_local):
-            problems.append(
-                f"server saw {mig['new_peer']}, client moved to {format_address(move.new_local)}"
-            )
-        expected = EXPECTED_OBSERVATION[move.kind]
-        if mig["observed"] != expected:
-            problems.append(f"classified {mig['observed']}, expected {expected}")
-        if mig["validated_at"] is None:
-            problems.append("path not validated")
-        if mig["cid_changed"] != move.new_cid:
-            problems.append("CID " + ("unchanged" if move.new_cid else "changed"))
-        out.append(Confirmation(move, mig, not problems, "; ".join(problems)))
-    return out
-
-
-Step = tuple[str, SwitchMode]  # a migration kind and, for network-switch, how
-
-
-async def download_with_moves(
-    client: LiveClient,
-    size: int,
-    steps: Sequence[Step],
-    *,
-    seed: int = 1,
-    gap: float = DEFAULT_GAP,
-    on_move: Callable[[Move, int], None] | None = None,
-    on_refused: Callable[[str], None] | None = None,
-) -> tuple[Download, list[Move]]:
-    """DOWNLOAD `size` bytes and perform `steps` while it runs, evenly spaced by progress.
-
-    Step k starts once k/(len(steps)+1) of the bytes have arrived, so every migration
-    happens mid-transfer however fast the machine is. `on_move(move, received)` is called
-    after each one, `on_refused(message)` for a migration the server asked us not to make.
-    Steps left when the download has finished run after it.
-    """
-    thresholds = [size * (index + 1) // (len(steps) + 1) for index in range(len(steps))]
-    received = 0
-    reached = asyncio.Event()
-    waiting_for = 0
-
-    def on_progress(count: int) -> None:
-        nonlocal received
-        received = count
-        if waiting_for < len(thresholds) and count >= thresholds[waiting_for]:
-            reached.set()
-
-    # At least 0.5 MB/s on top of the usual timeout: loopback does 5-50 MB/s.
-    limit = client.timeout + size / 500_000
-    task = asyncio.ensure_future(client.download(size, seed, on_progress, timeout=limit))
-    moves: list[Move] = []
-    try:
-        for index, (kind, mode) in enumerate(steps):
-            waiting_for = index
-            if received < thresholds[index] and not task.done():
-                reached.clear()
-                waiter = asyncio.ensure_future(reached.wait())
-                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                await asyncio.gather(waiter, return_exceptions=True)
-            try:
-                move = await client.migrate(kind, mode, gap)
-            except MigrationRefused as refused:
-                if on_refused is not None:
-                    on_refused(str(refused))
-                continue
-            moves.append(move)
-            if on_move is not None:
-                on_move(move, received)
-        download = await task
-    finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)  # retrieves its exception, if any
-    return download, moves
+    def rotate_cid(self) -> Move:
+        """A fresh connection ID on the same path (RFC 9000 section 9.5)."""
+        started = self.now()
+        self._endpoint().rotate_cid(started)
+        local = self.local
+        return self._moved(EventKind.CID_ROTATION, started, local, True, "same path, new CID")

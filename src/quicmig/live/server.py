@@ -39,6 +39,7 @@ from quicmig.live.certs import CertPaths, check_server_pair
 from quicmig.live.records import connection_record
 from quicmig.live.udp import Timer, UdpSocket, open_socket
 from quicmig.model.scenario import QuicExtensions, ServerSettings
+from quicmig.model.verdicts import MigrationKind
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4433
@@ -315,7 +316,7 @@ class LiveServer:
             mig = tracker.migrations[index]
             what = (
                 "port change (same address: a NAT rebinding or a new socket)"
-                if mig.kind == "port_change"
+                if mig.kind is MigrationKind.PORT_CHANGE
                 else "address change"
             )
             cid = "new connection ID" if mig.cid_changed else "same connection ID"

@@ -9,31 +9,38 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable
+from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
+from quicmig.core.datagram import parse_address
 from quicmig.errors import InputError
-from quicmig.model.scenario import (
-    ATTACK_KINDS,
+from quicmig.model.events import (
     AddressChange,
-    Attacker,
+    Blackhole,
     CidRotate,
-    ClientSettings,
-    Download,
-    Expectation,
+    EventKind,
     InterfaceDown,
     InterfaceUp,
     LinkChange,
-    Messages,
     NatRebind,
+    Switch,
+    SwitchMode,
+    TimelineEvent,
+    event_kind,
+)
+from quicmig.model.scenario import (
+    ATTACK_KINDS,
+    Attacker,
+    ClientSettings,
+    Download,
+    Expectation,
+    Messages,
     QuicExtensions,
     Scenario,
     ServerSettings,
     Stream,
-    Switch,
-    SwitchMode,
-    TimelineEvent,
     Workload,
 )
 from quicmig.model.settings import LINK_KEYS, apply_link_settings, number
@@ -45,8 +52,8 @@ from quicmig.model.topology import (
     LinkProfile,
     Nat,
     Topology,
-    parse_host_port,
 )
+from quicmig.model.verdicts import MigrationKind, Verdict
 
 Tree = dict[str, Any]
 TOPOLOGY_SHORTCUTS = ("hosts", "links", "nats", "server")
@@ -82,7 +89,7 @@ def read_tree(name_or_path: str) -> Tree:
         text = builtin_text(name_or_path)
         source = name_or_path
     try:
-        return tomllib.loads(text)
+        return _expand_topology(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{source}: malformed TOML: {exc}") from None
 
@@ -95,7 +102,8 @@ def topology_names() -> list[str]:
 
 
 def _expand_topology(tree: Tree) -> Tree:
-    """`topology = "phone"` names a shipped topology; replace it with that table."""
+    """`topology = "phone"` names a shipped topology; replace it with that table (once: a
+    tree whose topology is a table already is returned as it is)."""
     name = tree.get("topology")
     if isinstance(name, str):
         if name not in topology_names():
@@ -109,8 +117,8 @@ def _expand_topology(tree: Tree) -> Tree:
 
 
 def apply_overrides(tree: Tree, overrides: Iterable[str]) -> Tree:
-    """Apply `key=value` strings (dotted keys, TOML values) to `tree`, in place."""
-    _expand_topology(tree)
+    """Apply `key=value` strings (dotted keys, TOML values) to `tree`, in place; a named
+    topology must have been expanded first (read_tree does it)."""
     for item in overrides:
         key, eq, raw = item.partition("=")
         if not eq or not key:
@@ -149,11 +157,21 @@ def _child(node: Any, part: str, key: str, item: str) -> Any:
 
 
 def load_scenario(name_or_path: str, overrides: Iterable[str] = ()) -> Scenario:
-    tree = apply_overrides(_expand_topology(read_tree(name_or_path)), overrides)
+    tree = apply_overrides(read_tree(name_or_path), overrides)
     return scenario_from_tree(tree, default_name=Path(name_or_path).stem)
 
 
 # --- parsing -----------------------------------------------------------------------------
+
+E = TypeVar("E", bound=Enum)
+
+
+def _member(enum: type[E], value: Any, where: str) -> E:
+    for member in enum:
+        if member.value == value:
+            return member
+    allowed = ", ".join(str(m.value) for m in enum)
+    raise InputError(f"{where}: {value!r}; allowed: {allowed}")
 
 
 class _Table:
@@ -212,6 +230,13 @@ class _Table:
             raise InputError(f"{self._name(key)}: expected a string or a list of strings")
         return tuple(value)
 
+    def choice(self, key: str, enum: type[E], default: E | None = None) -> E:
+        """A string naming a member of `enum` by its value."""
+        value = self._get(key, None if default is None else default.value)
+        if value is None:
+            raise InputError(f"{self._name(key)}: required")
+        return _member(enum, value, self._name(key))
+
     def table(self, key: str) -> _Table:
         return _Table(self._get(key, {}), self._name(key))
 
@@ -225,6 +250,8 @@ class _Table:
 
 
 def scenario_from_tree(tree: Tree, default_name: str = "custom") -> Scenario:
+    """The validated Scenario of a TOML tree (a named topology already expanded): the one
+    place a scenario is converted and checked."""
     root = _Table(_expand_topology(tree), "")
     name = root.string("name", default_name)
     topology = _topology(root.table("topology"))
@@ -360,7 +387,7 @@ def _server(table: _Table) -> ServerSettings:
         raise InputError(f'server.preferred_address: expected "IP:PORT", got {preferred!r}')
     settings = ServerSettings(
         preferred_address=(
-            None if preferred is None else parse_host_port(preferred, "server.preferred_address")
+            None if preferred is None else parse_address(preferred, "server.preferred_address")
         ),
         disable_active_migration=table.boolean("disable_active_migration", False),
     )
@@ -376,7 +403,7 @@ def _attacker(data: Any, index: int) -> Attacker:
     attacker = Attacker(
         kind=kind,
         watch=table.string("watch"),
-        source=parse_host_port(table.string("source"), f"{table.where}.source"),
+        source=parse_address(table.string("source"), f"{table.where}.source"),
         at=table.number("at_s", 1.0),
         count=table.integer("count", 3),
         every=table.number("every_s", 1.0),
@@ -387,26 +414,18 @@ def _attacker(data: Any, index: int) -> Attacker:
 
 
 def _expect(table: _Table) -> Expectation:
-    verdict = table.string("verdict", "passed")
-    if verdict not in ("passed", "failed", "unsupported"):
-        raise InputError(f"expect.verdict: {verdict!r}; allowed: passed, failed, unsupported")
-    kinds = table.strings("migrations")
-    for kind in kinds:
-        if kind not in ("port_change", "address_change"):
-            raise InputError(f"expect.migrations: {kind!r}; allowed: port_change, address_change")
     minimum = table._get("min_migrations", None)
-    quicmig_verdict = table._get("quicmig_verdict", None)
-    if quicmig_verdict is not None and quicmig_verdict not in ("passed", "failed", "unsupported"):
-        raise InputError(
-            f"expect.quicmig_verdict: {quicmig_verdict!r}; allowed: passed, failed, unsupported"
-        )
+    quicmig = table._get("quicmig_verdict", None)
     expectation = Expectation(
-        verdict=verdict,
-        migrations=kinds,
+        verdict=table.choice("verdict", Verdict, Verdict.PASSED),
+        migrations=tuple(
+            _member(MigrationKind, kind, "expect.migrations")
+            for kind in table.strings("migrations")
+        ),
         min_migrations=None if minimum is None else table.integer("min_migrations"),
         cid_rotations=table.integer("cid_rotations", 0),
         why=table.string("why", ""),
-        quicmig_verdict=quicmig_verdict,
+        quicmig_verdict=None if quicmig is None else table.choice("quicmig_verdict", Verdict),
         quicmig_why=table.string("quicmig_why", ""),
         preferred_address_used=_optional_bool(table, "preferred_address_used"),
     )
@@ -418,61 +437,84 @@ def _optional_bool(table: _Table, key: str) -> bool | None:
     return None if table.data.get(key) is None else table.boolean(key, False)
 
 
-EVENT_KINDS = (
-    "nat-rebind",
-    "interface-down",
-    "interface-up",
-    "address-change",
-    "switch",
-    "cid-rotate",
-    "link-change",
-)
-
-
 def _event(data: Any, index: int, topology: Topology) -> TimelineEvent:
     table = _Table(data, f"timeline[{index}]")
-    kind = table.string("event", "")
-    at = table.number("at_s")
+    kind = event_kind(table.string("event", ""), f"{table.where}.event")
+    when = _when(table)
+    client = topology.clients[0].name if topology.clients else ""
     event: TimelineEvent
-    if kind == "nat-rebind":
-        event = NatRebind(
-            at, table.string("nat"), table.boolean("new_address", False), table.optional("every_s")
-        )
-    elif kind in ("interface-down", "interface-up"):
-        cls = InterfaceDown if kind == "interface-down" else InterfaceUp
-        event = cls(at, table.string("iface"))
-    elif kind == "address-change":
-        event = AddressChange(at, table.string("iface"), table.string("address"))
-    elif kind == "switch":
-        mode = table.string("mode", SwitchMode.BREAK_BEFORE_MAKE.value)
-        try:
-            switch_mode = SwitchMode(mode)
-        except ValueError:
-            raise InputError(
-                f"{table.where}.mode: {mode!r}; allowed: break-before-make, make-before-break"
-            ) from None
-        event = Switch(
-            at,
-            table.string("host", topology.clients[0].name if topology.clients else ""),
-            table.string("to"),
-            switch_mode,
-            table.boolean("new_cid", True),
-            table.number("gap_s", 0.0),
-            table.number("overlap_s", 1.0),
-        )
-    elif kind == "cid-rotate":
-        default_host = topology.clients[0].name if topology.clients else ""
-        event = CidRotate(at, table.string("host", default_host))
-    elif kind == "link-change":
-        link = table.string("link")
-        settings = tuple((k, table.data[k]) for k in LINK_KEYS if k in table.data)
-        if not settings:
-            raise InputError(f"{table.where}: link-change needs one of {', '.join(LINK_KEYS)}")
-        apply_link_settings(LinkProfile(), settings, table.where)  # check values now
-        event = LinkChange(at, link, tuple((k, number(v, k)) for k, v in settings))
-        table.finish(LINK_KEYS)
-        return event
-    else:
-        raise InputError(f"{table.where}.event: {kind!r}; allowed: {', '.join(EVENT_KINDS)}")
+    match kind:
+        case EventKind.NAT_REBINDING | EventKind.ADDRESS_REBINDING:
+            new_address = kind is EventKind.ADDRESS_REBINDING
+            event = NatRebind(
+                when.at,
+                table.string("nat"),
+                table.boolean("new_address", new_address),
+                table.optional("every_s"),
+                progress=when.progress,
+            )
+        case EventKind.INTERFACE_DOWN:
+            event = InterfaceDown(when.at, table.string("iface"), progress=when.progress)
+        case EventKind.INTERFACE_UP:
+            event = InterfaceUp(when.at, table.string("iface"), progress=when.progress)
+        case EventKind.ADDRESS_CHANGE:
+            event = AddressChange(
+                when.at, table.string("iface"), table.string("address"), progress=when.progress
+            )
+        case EventKind.INTERFACE_SWITCH:
+            event = Switch(
+                when.at,
+                table.string("host", client),
+                table.string("to"),
+                table.choice("mode", SwitchMode, SwitchMode.BREAK_BEFORE_MAKE),
+                table.boolean("new_cid", True),
+                table.number("gap_s", 0.0),
+                table.number("overlap_s", 1.0),
+                progress=when.progress,
+            )
+        case EventKind.CID_ROTATION:
+            event = CidRotate(when.at, table.string("host", client), progress=when.progress)
+        case EventKind.BLACKHOLE:
+            event = Blackhole(
+                when.at, table.string("link"), table.number("duration_s"), progress=when.progress
+            )
+        case EventKind.LINK_CHANGE:
+            settings = tuple((k, table.data[k]) for k in LINK_KEYS if k in table.data)
+            profile = table._get("profile", None)
+            if profile is not None and profile not in PROFILES:
+                raise InputError(
+                    f"{table.where}.profile: unknown profile {profile!r}; known: "
+                    f"{', '.join(PROFILES)}"
+                )
+            if not settings and profile is None:
+                raise InputError(
+                    f"{table.where}: link-change needs a profile or one of {', '.join(LINK_KEYS)}"
+                )
+            apply_link_settings(LinkProfile(), settings, table.where)  # check values now
+            event = LinkChange(
+                when.at,
+                table.string("link"),
+                tuple((k, number(v, k)) for k, v in settings),
+                profile,
+                progress=when.progress,
+            )
+            table.finish(LINK_KEYS)
+            return event
+        case _:
+            raise AssertionError(kind)  # event_kind() allows only schedulable kinds
     table.finish()
     return event
+
+
+class _When(NamedTuple):
+    at: float  # seconds; 0 for an event triggered by progress
+    progress: float | None
+
+
+def _when(table: _Table) -> _When:
+    """`at_s` (seconds) or `at_progress` (fraction of the workload delivered): one of them."""
+    if "at_progress" in table.data:
+        if "at_s" in table.data:
+            raise InputError(f"{table.where}: give at_s or at_progress, not both")
+        return _When(0.0, table.number("at_progress"))
+    return _When(table.number("at_s"), None)

@@ -4,88 +4,25 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import ClassVar
 
 from quicmig.errors import InputError
-from quicmig.model.topology import Topology, check_ip
-
-SERVER_PORT = 4433  # the port the server listens on in the simulator
-
-
-class SwitchMode(Enum):
-    BREAK_BEFORE_MAKE = "break-before-make"
-    MAKE_BEFORE_BREAK = "make-before-break"
-
-
-# Timeline events. `at` is in seconds from the start of the run.
-
-
-@dataclass(frozen=True, slots=True)
-class NatRebind:
-    """The NAT forgets its mappings: the next outbound packet gets a new port (or address)."""
-
-    at: float
-    nat: str
-    new_address: bool = False  # True: a carrier-grade NAT hands out the next pool address
-    every: float | None = None  # seconds; repeat until the run ends
-
-
-@dataclass(frozen=True, slots=True)
-class InterfaceDown:
-    at: float
-    iface: str  # "host.iface"
-
-
-@dataclass(frozen=True, slots=True)
-class InterfaceUp:
-    at: float
-    iface: str
-
-
-@dataclass(frozen=True, slots=True)
-class AddressChange:
-    """The interface's address is replaced (a DHCP renewal handing out another lease)."""
-
-    at: float
-    iface: str
-    address: str
-
-
-@dataclass(frozen=True, slots=True)
-class Switch:
-    """The client moves its traffic to another interface (WiFi to cellular, say)."""
-
-    at: float
-    host: str
-    to: str  # interface name on `host`
-    mode: SwitchMode = SwitchMode.BREAK_BEFORE_MAKE
-    new_cid: bool = True  # RFC 9000 section 9.5: a new connection ID on a new path
-    gap: float = 0.0  # break-before-make: seconds with no usable interface
-    overlap: float = 1.0  # make-before-break: seconds the old interface keeps receiving
-
-
-@dataclass(frozen=True, slots=True)
-class CidRotate:
-    """The client switches to a fresh connection ID on the same path (RFC 9000 section 9.5)."""
-
-    at: float
-    host: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkChange:
-    """A link's impairments change: loss_pct=100 is a blackhole the endpoints cannot see."""
-
-    at: float
-    link: str
-    settings: tuple[tuple[str, float], ...]  # (TOML key, value), e.g. ("loss_pct", 100.0)
-
-
-TimelineEvent = (
-    NatRebind | InterfaceDown | InterfaceUp | AddressChange | Switch | CidRotate | LinkChange
+from quicmig.model.events import (
+    AddressChange,
+    Blackhole,
+    CidRotate,
+    InterfaceDown,
+    InterfaceUp,
+    LinkChange,
+    NatRebind,
+    Switch,
+    TimelineEvent,
+    kind_of,
 )
-ACTIVE_MIGRATIONS = (Switch, AddressChange)  # the client knows it moved
+from quicmig.model.topology import Topology, check_ip
+from quicmig.model.verdicts import MigrationKind, Verdict
+
+SERVER_PORT = 4433  # UDP: where every quicmig server listens unless told otherwise
 
 
 # bytes: the largest download. The server hands aioquic the whole body at once (aioquic has
@@ -121,6 +58,17 @@ class Stream:
 
 
 Workload = Download | Messages | Stream
+
+
+def expected_bytes(workload: Workload) -> int | None:
+    """Bytes the client's application should receive in all; None for a stream (it runs by
+    time, so a fraction of it means nothing)."""
+    match workload:
+        case Download(size=size):
+            return size
+        case Messages(count=count, size=size):
+            return count * size
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,14 +171,14 @@ class QuicExtensions:
 class Expectation:
     """What the scenario's author expects: the checks compare it with observation."""
 
-    verdict: str = "passed"  # passed | failed | unsupported
-    migrations: tuple[str, ...] = ()  # observed kinds in order: port_change, address_change
+    verdict: Verdict = Verdict.PASSED
+    migrations: tuple[MigrationKind, ...] = ()  # what the server must see, in order
     min_migrations: int | None = None  # for periodic events: at least this many
     cid_rotations: int = 0  # connection-ID changes on an unchanged path
     why: str = ""  # one line: why this verdict is expected
     # The verdict expected with every quicmig extension on (`--stack quicmig`); None: the
     # same as `verdict`. Lets a scenario document stock aioquic and quicmig side by side.
-    quicmig_verdict: str | None = None
+    quicmig_verdict: Verdict | None = None
     quicmig_why: str = ""
     # With [server] preferred_address: True, the client must move there with a new DCID
     # (interop `connectionmigration`); False, it must stay on the original address.
@@ -271,14 +219,8 @@ class Scenario:
         if self.duration <= 0:
             raise InputError(f"scenario {self.name}: duration_s must be > 0")
         for index, event in enumerate(self.timeline):
-            where = f"timeline[{index}] ({type(event).__name__})"
-            if event.at < 0:
-                raise InputError(f"{where}.at_s: {event.at:g} is negative; use >= 0 seconds")
-            if event.at >= self.duration:
-                raise InputError(
-                    f"{where}.at_s: {event.at:g} s is at or after the end of the run "
-                    f"({self.duration:g} s); raise duration_s or move the event"
-                )
+            where = f"timeline[{index}] ({kind_of(event).value})"
+            self._validate_when(event, where)
             try:
                 self._validate_event(topo, event, where)
             except InputError as exc:  # name the event whose reference is unknown
@@ -306,6 +248,27 @@ class Scenario:
             case Stream(rate=rate, duration=dur, chunk=chunk) if rate <= 0 or dur <= 0 or chunk < 1:
                 raise InputError("workload: stream needs rate_mbit > 0, duration_s > 0, chunk >= 1")
         return self
+
+    def _validate_when(self, event: TimelineEvent, where: str) -> None:
+        if event.progress is not None:
+            if not 0 < event.progress < 1:
+                raise InputError(
+                    f"{where}.at_progress: {event.progress:g} is not a fraction between 0 and 1 "
+                    "(e.g. 0.5: once half of the workload's bytes have arrived)"
+                )
+            if expected_bytes(self.workload) is None:
+                raise InputError(
+                    f"{where}.at_progress: a {type(self.workload).__name__.lower()} workload "
+                    "has no byte count to take a fraction of; use at_s"
+                )
+            return
+        if event.at < 0:
+            raise InputError(f"{where}.at_s: {event.at:g} is negative; use >= 0 seconds")
+        if event.at >= self.duration:
+            raise InputError(
+                f"{where}.at_s: {event.at:g} s is at or after the end of the run "
+                f"({self.duration:g} s); raise duration_s or move the event"
+            )
 
     @staticmethod
     def _validate_event(topo: Topology, event: TimelineEvent, where: str) -> None:
@@ -339,6 +302,10 @@ class Scenario:
                         raise InputError(f"{where}: gap_s and overlap_s must be >= 0 seconds")
             case LinkChange(link=link):
                 topo.link(link)
+            case Blackhole(link=link, seconds=seconds):
+                topo.link(link)
+                if not seconds > 0:
+                    raise InputError(f"{where}.duration_s: must be > 0 seconds")
 
     def _validate_server(self, topo: Topology) -> None:
         preferred = self.server.preferred_address

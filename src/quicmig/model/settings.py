@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from quicmig.errors import InputError
-from quicmig.model.topology import LinkProfile
+from quicmig.model.topology import PROFILES, LinkProfile
 
 # TOML key -> (LinkProfile field, factor from the user's unit to the field's unit)
 LINK_KEYS: dict[str, tuple[str, float]] = {
@@ -37,6 +37,15 @@ def check_seconds(value: float | None, flag: str, *, zero: bool) -> None:
         raise InputError(f"{flag} {value:g}: give a finite number of seconds")
     if value < 0 or (value == 0 and not zero):
         raise InputError(f"{flag} {value:g}: must be {'>=' if zero else '>'} 0 seconds")
+
+
+def changed_profile(
+    current: LinkProfile, profile: str | None, settings: Iterable[tuple[str, Any]], where: str
+) -> LinkProfile:
+    """What a link-change makes of a link now at `current`: the named `profile` (or the
+    current one), with `settings` on top."""
+    base = current if profile is None else PROFILES[profile]
+    return apply_link_settings(base, settings, where)
 
 
 def apply_link_settings(

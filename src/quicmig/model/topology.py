@@ -24,24 +24,6 @@ def check_ip(value: str, where: str) -> str:
         raise InputError(f"{where}: {value!r} is not an IPv4 or IPv6 address") from None
 
 
-def parse_host_port(text: str, where: str) -> tuple[str, int]:
-    """`192.0.2.1:4433` or `[2001:db8::1]:4433` -> (ip, port), else InputError naming `where`."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        sep = ""  # a bare IPv6 address without brackets is ambiguous
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise InputError(
-            f"{where}: {text!r} is not IP:PORT (e.g. 203.0.113.20:4433 or [2001:db8::20]:4433)"
-        )
-    try:
-        ip = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise InputError(f"{where}: {host!r} in {text!r} is not an IPv4 or IPv6 address") from None
-    return ip, int(port)
-
-
 @dataclass(frozen=True, slots=True)
 class LinkProfile:
     """Impairments of one link, the same in both directions (each direction queues alone)."""

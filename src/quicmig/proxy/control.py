@@ -1,26 +1,87 @@
 """The proxy's control channel: one line per UDP datagram on a loopback socket.
 
-Requests: `rebind`, `switch PROFILE`, `blackhole SECONDS`, `status`. Each gets one line back,
-starting with `ok` or `error`. `quicmig proxy ctl ...` is the client.
+Requests are events of the vocabulary (quicmig.model.events), applied at once by the proxy's
+driver: `nat-rebinding` (or `rebind`), `address-rebinding` (or `rebind-addr`),
+`link-change PROFILE` (`switch PROFILE`, its name in earlier versions, still works),
+`blackhole SECONDS`; and `status`. Each gets one line back, starting with `ok` or `error`.
+`quicmig proxy ctl ...` is the client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 
 from quicmig.core.datagram import Address, format_address
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live.udp import UdpSocket, family_of, open_socket
-from quicmig.proxy.core import Proxy
+from quicmig.model.events import (
+    Blackhole,
+    EventKind,
+    LinkChange,
+    NatRebind,
+    TimelineEvent,
+    event_kind,
+)
+from quicmig.model.topology import PROFILES
+from quicmig.proxy.core import profile_named
+from quicmig.proxy.driver import ProxyDriver
 
 DEFAULT_CONTROL: Address = ("127.0.0.1", 4439)
 CTL_TIMEOUT = 2.0  # seconds to wait for the proxy's answer
 
 
+USAGE = (
+    "use rebind, rebind-addr, link-change PROFILE, blackhole SECONDS or status "
+    f"(profiles: {', '.join(PROFILES)})"
+)
+VERBS = (
+    EventKind.NAT_REBINDING,
+    EventKind.ADDRESS_REBINDING,
+    EventKind.LINK_CHANGE,
+    EventKind.BLACKHOLE,
+)
+
+
+def request_event(words: list[str], link: str, new_address: bool = False) -> TimelineEvent:
+    """The event a control request names, to apply at once; `new_address`: a plain
+    `rebind` moves to the next source address too (the proxy has several, --rebind-addr)."""
+    if not words:
+        raise InputError(f"empty request: {USAGE}")
+    verb, args = words[0], words[1:]
+    kind = EventKind.LINK_CHANGE if verb == "switch" else _kind(verb)
+    match kind, args:
+        case ((EventKind.NAT_REBINDING | EventKind.ADDRESS_REBINDING), []):
+            return NatRebind(0.0, "proxy", new_address or kind is EventKind.ADDRESS_REBINDING)
+        case EventKind.LINK_CHANGE, [name]:
+            profile_named(name)
+            return LinkChange(0.0, link, profile=name)
+        case EventKind.BLACKHOLE, [seconds]:
+            return Blackhole(0.0, link, blackhole_seconds(seconds))
+    raise InputError(f"request {' '.join(words)!r}: {USAGE}")
+
+
+def _kind(verb: str) -> EventKind:
+    try:
+        return event_kind(verb, "request", VERBS)
+    except InputError:
+        raise InputError(f"unknown request {verb!r}: {USAGE}") from None
+
+
+def blackhole_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < math.inf:
+        raise InputError(f"blackhole {text!r}: give a length in seconds > 0")
+    return seconds
+
+
 class ControlServer:
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, driver: ProxyDriver) -> None:
+        self.driver = driver
         self.socket: UdpSocket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -49,35 +110,25 @@ class ControlServer:
 
     async def handle(self, line: str) -> str:
         words = line.split()
-        proxy = self.proxy
-        match words:
-            case ["rebind"]:
-                events = await proxy.rebind()
-                return "; ".join(e.detail for e in events)
-            case ["switch", name]:
-                return proxy.switch(name).detail
-            case ["blackhole", seconds]:
-                try:
-                    length = float(seconds)
-                except ValueError:
-                    raise InputError(f"blackhole {seconds!r}: not a number of seconds") from None
-                return proxy.blackhole(length).detail
-            case ["status"]:
-                stats = proxy.stats
-                clients = ", ".join(
-                    f"{format_address(s.client)} via "
-                    f"{format_address(s.socket.local) if s.socket else '-'}"
-                    for s in proxy.sessions.values()
-                )
-                return (
-                    f"profile {proxy.profile_name}; {len(proxy.events)} events; clients: "
-                    f"{clients or 'none'}; datagrams from client {stats.from_client}, "
-                    f"to upstream {stats.to_upstream}, from upstream {stats.from_upstream}, "
-                    f"to client {stats.to_client}, blackholed {stats.blackholed}"
-                )
-        raise InputError(
-            f"unknown request {line!r}: use rebind, switch PROFILE, blackhole SECONDS or status"
-        )
+        proxy = self.driver.proxy
+        if proxy is None:
+            raise QuicmigError("the proxy is still starting; try again")
+        if words == ["status"]:
+            stats = proxy.stats
+            clients = ", ".join(
+                f"{format_address(s.client)} via "
+                f"{format_address(s.socket.local) if s.socket else '-'}"
+                for s in proxy.sessions.values()
+            )
+            return (
+                f"profile {proxy.profile_name}; {len(proxy.events)} events; clients: "
+                f"{clients or 'none'}; datagrams from client {stats.from_client}, "
+                f"to upstream {stats.to_upstream}, from upstream {stats.from_upstream}, "
+                f"to client {stats.to_client}, blackholed {stats.blackholed}"
+            )
+        event = request_event(words, self.driver.link, len(proxy.config.source_addresses) > 1)
+        change = await self.driver.apply(event, proxy.now())
+        return change.detail
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -8,14 +8,16 @@ until the client's next packet reaches the server from the new port (RFC 9000 se
 
 Impairments are the simulator's: one `sim.link.Pipe` per direction (delay, jitter, random and
 Gilbert-Elliott loss, rate with a drop-tail queue), driven by the event loop's clock in
-seconds since the proxy started. Blackhole windows drop everything in both directions.
+seconds since the proxy started. A blackhole drops everything in both directions.
+
+The proxy only does what it is told, when it is told (`rebind()`, `set_profile()`,
+`blackhole()`): schedules are timelines, applied by its driver (quicmig.proxy.driver).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from quicmig.core.datagram import Address, Datagram, format_address
 from quicmig.core.pcap import PcapWriter
+from quicmig.core.seeds import link_rng
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live.udp import (
     Timer,
@@ -44,11 +47,8 @@ class ProxyConfig:
     upstream: Address
     profile: LinkProfile = field(default_factory=lambda: PROFILES["ideal"])
     profile_name: str = "ideal"
+    link: str = "client"  # the link it stands for: its loss draws are that link's (core.seeds)
     source_addresses: tuple[str, ...] = ("127.0.0.1",)  # cycled through by rebindings
-    first_rebind: float | None = None  # seconds after start
-    rebind_every: float | None = None  # seconds
-    switches: tuple[tuple[float, str], ...] = ()  # (at seconds, profile name)
-    blackholes: tuple[tuple[float, float], ...] = ()  # (at seconds, length seconds)
     pcap: Path | None = None
     seed: int = 1
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
@@ -59,11 +59,11 @@ class ProxyEvent:
     """Something the proxy did to the network, as printed."""
 
     at: float  # seconds since the proxy started
-    kind: str  # "rebind" | "switch" | "blackhole" | "blackhole-end"
+    kind: str  # "rebind" | "link-change" | "blackhole" | "blackhole-end"
     detail: str
-    client: str | None = None
-    old: str | None = None  # rebind: old source address towards the upstream
-    new: str | None = None
+    client: Address | None = None
+    old: Address | None = None  # rebind: old source address towards the upstream
+    new: Address | None = None
 
 
 @dataclass(slots=True)
@@ -138,9 +138,10 @@ class Proxy:
         self.stats = ProxyStats()
         self.sessions: dict[Address, Session] = {}
         self.profile_name = config.profile_name
-        rng = random.Random(f"{config.seed}:proxy")
-        self.up = Pipe("client->upstream", config.profile, random.Random(rng.random()))
-        self.down = Pipe("upstream->client", config.profile, random.Random(rng.random()))
+        self.up = Pipe("client->upstream", config.profile, link_rng(config.seed, config.link, "up"))
+        self.down = Pipe(
+            "upstream->client", config.profile, link_rng(config.seed, config.link, "down")
+        )
         self.listener: UdpSocket | None = None
         self._up_timer: Timer | None = None
         self._down_timer: Timer | None = None
@@ -188,7 +189,6 @@ class Proxy:
         except BaseException:
             await self.aclose()
             raise
-        self._schedule()
         return self.listener.local
 
     async def aclose(self) -> None:
@@ -227,37 +227,6 @@ class Proxy:
     def _fail(self, message: str) -> None:
         if self._failed is not None and not self._failed.done():
             self._failed.set_exception(QuicmigError(message))
-
-    # --- schedule -----------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        config = self.config
-        if config.first_rebind is not None or config.rebind_every is not None:
-            self._tasks.append(asyncio.ensure_future(self._rebind_loop()))
-        for at, name in config.switches:
-            self._tasks.append(asyncio.ensure_future(self._switch_at(at, name)))
-        for at, length in config.blackholes:
-            self._tasks.append(asyncio.ensure_future(self._blackhole_at(at, length)))
-
-    async def _switch_at(self, at: float, name: str) -> None:
-        await asyncio.sleep(max(0.0, at - self.now()))
-        self.switch(name)
-
-    async def _blackhole_at(self, at: float, length: float) -> None:
-        await asyncio.sleep(max(0.0, at - self.now()))
-        self.blackhole(length)
-
-    async def _rebind_loop(self) -> None:
-        first = self.config.first_rebind
-        every = self.config.rebind_every
-        at = first if first is not None else every
-        assert at is not None
-        while True:
-            await asyncio.sleep(max(0.0, at - self.now()))
-            await self.rebind()
-            if every is None:
-                return
-            at += every
 
     # --- actions ------------------------------------------------------------------------
 
@@ -298,25 +267,22 @@ class Proxy:
                         f"🔀 rebind {self._rebinds}: client {format_address(session.client)} now "
                         f"reaches {format_address(self.config.upstream)} from "
                         f"{format_address(new)} (was {format_address(old) if old else '-'})",
-                        client=format_address(session.client),
-                        old=format_address(old) if old else None,
-                        new=format_address(new),
+                        client=session.client,
+                        old=old,
+                        new=new,
                     )
                 )
             )
         return out
 
-    def switch(self, name: str) -> ProxyEvent:
-        """Switch both directions to the named link profile (wifi, cellular, ...)."""
-        profile = profile_named(name)
+    def set_profile(self, profile: LinkProfile, name: str) -> ProxyEvent:
+        """Both directions take `profile` (called `name`: wifi, cellular, ...) from now on."""
         old = self.profile_name
         self.up.profile = profile
         self.down.profile = profile
         self.profile_name = name
         return self._event(
-            ProxyEvent(
-                self.now(), "switch", f"📶 switch: {old} → {name} ({describe(profile)})", old=old
-            )
+            ProxyEvent(self.now(), "link-change", f"📶 link: {old} → {name} ({describe(profile)})")
         )
 
     def blackhole(self, seconds: float) -> ProxyEvent:
@@ -444,23 +410,3 @@ def describe(profile: LinkProfile) -> str:
     if profile.rate is not None:
         parts.append(f"{profile.rate / 1e6:g} Mbit/s, queue {profile.queue}")
     return ", ".join(parts)
-
-
-def parse_address(text: str, where: str, default_host: str = "127.0.0.1") -> Address:
-    """`HOST:PORT`, `[V6]:PORT` or `PORT` -> (host, port); InputError naming `where`."""
-    host, port = default_host, text
-    if text.startswith("["):
-        inside, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise InputError(f"{where}: {text!r} is not [IPV6]:PORT")
-        host, port = inside, rest[1:]
-    elif ":" in text:
-        host, _, port = text.rpartition(":")
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise InputError(f"{where}: {host!r} in {text!r} is not an IP address") from None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InputError(f"{where}: {port!r} in {text!r} is not a UDP port (0-65535)")
-    family_of(host)
-    return host, int(port)

@@ -20,8 +20,9 @@ from typing import Any
 
 from rich.table import Table
 
-from quicmig.core.results import SCHEMA
+from quicmig.core.results import RUNS_SCHEMA, SCHEMA
 from quicmig.errors import InputError
+from quicmig.report.table import MARKS
 
 REQUIRED = ("scenario", "backend", "seed", "verdict", "checks", "transfer", "migrations")
 
@@ -54,7 +55,7 @@ TOP: dict[str, tuple[str, ...]] = {
     "stats": (OBJECT,),
     "wall": (OBJECT,),
 }
-CHECK: dict[str, tuple[str, ...]] = {"*name": (STR,), "*passed": (BOOL, NULL), "detail": (STR,)}
+CHECK: dict[str, tuple[str, ...]] = {"*name": (STR,), "*state": (STR,), "detail": (STR,)}
 TRANSFER: dict[str, tuple[str, ...]] = {
     "bytes": (INT,),
     "intact": (BOOL,),
@@ -77,10 +78,10 @@ MIGRATION: dict[str, tuple[str, ...]] = {
 }
 STATS: dict[str, tuple[str, ...]] = {
     "quic_extensions": (LIST, NULL),
-    "simulated_seconds": (NUM, NULL),
+    "run_seconds": (NUM, NULL),
 }
 WALL: dict[str, tuple[str, ...]] = {"seconds": (NUM, NULL)}
-MARK = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]?[/yellow]"}
+MARK = {state.value: mark for state, mark in MARKS.items()}
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "unsupported": "bold yellow"}
 
 
@@ -97,8 +98,7 @@ class Run:
 
     @property
     def stack(self) -> str:
-        extensions = self.data.get("stats", {}).get("quic_extensions") or []
-        return "quicmig" if extensions else "stock"
+        return str(self.data.get("stack", "stock"))
 
     def label(self, vary: set[str]) -> str:
         """The column title: the backend, plus whatever else differs between the runs."""
@@ -130,11 +130,15 @@ def load_run(path: Path) -> Run:
             "`quicmig run NAME --json FILE`"
         ) from None
     schema = data.get("schema") if isinstance(data, dict) else None
-    if schema == SCHEMA.replace("result/", "results/"):
+    if schema == RUNS_SCHEMA:
         count = len(data.get("runs", []))
         raise InputError(
             f"{path}: holds {count} runs (`quicmig run all --json`); compare single-run files "
             "(`quicmig run NAME --json FILE`, or the per-scenario files of `run all --out DIR`)"
+        )
+    if isinstance(schema, str) and schema.startswith("quicmig.result/") and schema != SCHEMA:
+        raise InputError(
+            f"{path}: a {schema} result, from an earlier quicmig; run it again to get {SCHEMA}"
         )
     if schema != SCHEMA:
         found = f"schema {schema!r}" if schema is not None else "no quicmig schema"
@@ -301,7 +305,7 @@ def compare_table(runs: list[Run]) -> Table:
         values = []
         for data in datas:
             found = [c for c in data["checks"] if c["name"] == name]
-            values.append(MARK.get(found[0]["passed"], "?") if found else "-")
+            values.append(MARK.get(found[0]["state"], "?") if found else "-")
         row(name, values, end_section=position == len(names) - 1)
 
     count = max(len(d["migrations"]) for d in datas)
@@ -319,7 +323,7 @@ def compare_table(runs: list[Run]) -> Table:
     row("CID rotations", [str(len(d.get("cid_rotations", []))) for d in datas])
     row(
         "run length",
-        [_s(d.get("stats", {}).get("simulated_seconds")) for d in datas],
+        [_s(d.get("stats", {}).get("run_seconds")) for d in datas],
     )
     row("wall", [_s(d.get("wall", {}).get("seconds")) for d in datas])
     return table

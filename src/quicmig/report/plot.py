@@ -41,7 +41,7 @@ def plot_timeline(result: Result, path: Path) -> None:
         ax.grid(True, alpha=0.3)
     for change in result.network_changes:
         ax_bytes.annotate(
-            change.event,
+            change.kind.value,
             (change.at, 1.0),
             xycoords=("data", "axes fraction"),
             rotation=90,

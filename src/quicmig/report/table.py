@@ -7,7 +7,9 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
-from quicmig.core.results import Result
+from quicmig.core.datagram import Address, format_address
+from quicmig.core.results import Check, Result
+from quicmig.model.verdicts import CheckState, MigrationKind, Verdict
 
 PIPE_WIDTH = 132  # columns when printing to a file or pipe, where rich would assume 80
 
@@ -29,10 +31,9 @@ def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.3f} s"
 
 
-def _new_peer(old: str, new: str) -> str:
+def _new_peer(old: Address, new: Address) -> str:
     """For a port change, only the new port: the address is the same."""
-    old_host, new_host = old.rpartition(":")[0], new.rpartition(":")[0]
-    return f":{new.rpartition(':')[2]}" if old_host == new_host else new
+    return f":{new[1]}" if old[0] == new[0] else format_address(new)
 
 
 def _size(count: int) -> str:
@@ -52,15 +53,15 @@ def migrations_table(result: Result) -> Table:
     for index, mig in enumerate(result.migrations, 1):
         change = (
             "-"
-            if mig.network_change_at is None
-            else f"{mig.network_change} @ {_s(mig.network_change_at)}"
+            if mig.network_change is None
+            else f"{mig.network_change.value} @ {_s(mig.network_change_at)}"
         )
         rtt = _ms(mig.validation_rtt) if mig.validated_at is not None else "[red]never[/red]"
         table.add_row(
             str(index),
             change,
-            f"{mig.observed.replace('_', ' ')}\n"
-            f"{mig.old_peer} → {_new_peer(mig.old_peer, mig.new_peer)}",
+            f"{mig.observed.label}\n"
+            f"{format_address(mig.old_peer)} → {_new_peer(mig.old_peer, mig.new_peer)}",
             _ms(mig.detection_delay),
             rtt,
             "yes" if mig.cid_changed else "no",
@@ -76,26 +77,52 @@ def checks_table(result: Result) -> Table:
     table.add_column("check")
     table.add_column("observed")
     for check in result.checks:
-        mark = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: "[yellow]?[/yellow]"}[
-            check.passed
-        ]
-        table.add_row(mark, check.name, check.detail)
+        table.add_row(check_mark(check), check.name, check.detail)
     return table
+
+
+MARKS = {
+    CheckState.PASSED: "[green]✓[/green]",
+    CheckState.FAILED: "[red]✗[/red]",
+    CheckState.UNSUPPORTED: "[yellow]?[/yellow]",
+    CheckState.NOT_APPLICABLE: "[dim]n/a[/dim]",
+}
+
+
+def check_mark(check: Check) -> str:
+    """✓, ✗, ? or n/a, and which rules a check counts under when not both."""
+    mark = MARKS[check.state]
+    return mark if len(check.rules) > 1 else f"{mark} [dim]{check.rules[0].value}[/dim]"
+
+
+def verdict_words(result: Result) -> str:
+    """`failed (as expected)`, `failed (expected passed)`, `passed`: for one-line output."""
+    words = result.verdict.value
+    if not result.as_expected:
+        return f"{words} (expected {result.expected_verdict.value})"
+    return words if result.verdict is Verdict.PASSED else f"{words} (as expected)"
 
 
 def verdict_text(result: Result) -> str:
     style = VERDICT_STYLE[result.verdict.value]
     text = f"[{style}]{result.verdict.value.upper()}[/{style}]"
     if not result.as_expected:
-        text += f" [bold red](expected {result.expected_verdict})[/bold red]"
-    elif result.verdict.value != "passed":
+        text += f" [bold red](expected {result.expected_verdict.value})[/bold red]"
+    elif result.verdict is not Verdict.PASSED:
         text += " (as expected)"
+    others = [
+        f"{rules.value}: {v.value}"
+        for rules, v in result.verdicts.items()
+        if v is not result.verdict
+    ]
+    if others:
+        text += f" [dim]({'; '.join(others)})[/dim]"
     return text
 
 
 def print_result(console: Console, result: Result, why: str = "") -> None:
     transfer = result.transfer
-    sim = result.stats.get("simulated_seconds", 0.0)
+    sim = result.stats.get("run_seconds", 0.0)
     extensions = result.stats.get("quic_extensions") or []
     stack = f"quicmig ({', '.join(extensions)})" if extensions else "stock aioquic"
     console.print(
@@ -115,7 +142,7 @@ def print_result(console: Console, result: Result, why: str = "") -> None:
     console.print(checks_table(result))
     console.print(
         f"Verdict: {verdict_text(result)}"
-        + (f" — {why}" if why and result.verdict.value != "passed" else "")
+        + (f" — {why}" if why and result.verdict is not Verdict.PASSED else "")
     )
     wall = result.wall.get("seconds", 0.0)
     if wall and result.backend != "sim":
@@ -131,9 +158,9 @@ def print_result(console: Console, result: Result, why: str = "") -> None:
         console.print(f"[dim]{kind}: {path}[/dim]")
 
 
-def _kinds(observed: list[str]) -> str:
+def _kinds(observed: list[MigrationKind]) -> str:
     """ "port x2, address": the observed kinds, in order of first appearance."""
-    counts = Counter(kind.removesuffix("_change") for kind in observed)
+    counts = Counter(kind.value.removesuffix("_change") for kind in observed)
     return ", ".join(k if n == 1 else f"{k} x{n}" for k, n in counts.items()) or "-"
 
 
@@ -159,14 +186,14 @@ def summary_table(results: list[Result]) -> Table:
         table.add_row(
             result.scenario,
             f"[{style}]{result.verdict.value}[/{style}]",
-            result.expected_verdict
+            result.expected_verdict.value
             if result.as_expected
-            else f"[bold red]{result.expected_verdict}[/bold red]",
+            else f"[bold red]{result.expected_verdict.value}[/bold red]",
             kinds,
             _ms(max(rtts)) if rtts else "-",
             _ms(max(gaps)) if gaps else "-",
             "intact" if result.transfer.intact else "[red]incomplete[/red]",
-            _s(result.stats.get("simulated_seconds")),
+            _s(result.stats.get("run_seconds")),
             f"{result.wall.get('seconds', 0.0):.2f} s",
         )
     return table

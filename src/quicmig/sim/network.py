@@ -8,21 +8,16 @@ host interface that holds it. Unroutable datagrams are counted and dropped.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quicmig.core.datagram import Address, Datagram
+from quicmig.core.seeds import derive_rng, link_rng
 from quicmig.model.topology import INTERNET, LinkProfile, Topology
 from quicmig.sim.link import Pipe
 from quicmig.sim.nat import NatBox
 
 Receiver = Callable[[Datagram, float], None]
-
-
-def derive_rng(seed: int, name: str) -> random.Random:
-    """A generator for one component, derived from the run seed and the component's name."""
-    return random.Random(f"{seed}/{name}")
 
 
 @dataclass(slots=True)
@@ -57,10 +52,8 @@ class Network:
         }
         self.interfaces: dict[str, InterfaceState] = {}
         for link in topology.links:
-            up = Pipe(f"{link.name}/up", link.profile, derive_rng(seed, f"link/{link.name}/up"))
-            down = Pipe(
-                f"{link.name}/down", link.profile, derive_rng(seed, f"link/{link.name}/down")
-            )
+            up = Pipe(f"{link.name}/up", link.profile, link_rng(seed, link.name, "up"))
+            down = Pipe(f"{link.name}/down", link.profile, link_rng(seed, link.name, "down"))
             self.up[link.name], self.down[link.name] = up, down
             self._pipe_link[id(up)] = (link.name, True)
             self._pipe_link[id(down)] = (link.name, False)

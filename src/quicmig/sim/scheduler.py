@@ -36,8 +36,9 @@ class Scheduler:
         self._sequence = itertools.count()
         self._armed: dict[int, float] = {}  # id(component) -> time its live entry is due
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> None:
-        """Run `callback()` at virtual time `when` (never in the past)."""
+    def call_at(self, when: float, callback: Callable[[], object]) -> None:
+        """Run `callback()` at virtual time `when` (never in the past); what it returns is
+        the caller's (the simulator awaits a timeline event's coroutine)."""
         heapq.heappush(self._queue, (max(when, self.now), next(self._sequence), callback))
 
     def arm(self, component: Timed, handled: bool = False) -> None:
