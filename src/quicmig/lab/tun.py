@@ -9,11 +9,13 @@ fd keeps working from anywhere. Python 3.11 has no os.setns (3.12 does): ctypes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000  # linux/sched.h
@@ -32,14 +34,13 @@ def _setns(fd: int) -> None:
         raise OSError(code, f"setns: {os.strerror(code)}")
 
 
-def open_tun(namespace: str, name: str) -> int:
-    """Create TUN device `name` inside `namespace` (as named by `ip netns`); return its fd.
+@contextlib.contextmanager
+def entered(namespace: str) -> Iterator[None]:
+    """The calling thread is inside `namespace` for the block, then back in its own.
 
-    Non-blocking. The calling thread is back in its own namespace when this returns; only
-    call it from a thread that nothing else uses meanwhile (the element's, before its loop).
+    Sockets and devices made in the block stay in `namespace`. Only for a thread that
+    nothing else uses meanwhile (and never the thread of an event loop).
     """
-    if not 0 < len(name) < IFNAMSIZ:
-        raise ValueError(f"TUN name {name!r} must be 1 to {IFNAMSIZ - 1} characters")
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(NETNS_DIR / namespace, os.O_RDONLY)
@@ -48,15 +49,24 @@ def open_tun(namespace: str, name: str) -> int:
         finally:
             os.close(target)
         try:
-            fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                request = struct.pack(f"{IFNAMSIZ}sH", name.encode(), IFF_TUN | IFF_NO_PI)
-                fcntl.ioctl(fd, TUNSETIFF, request)
-            except BaseException:
-                os.close(fd)
-                raise
+            yield
         finally:
             _setns(own)
     finally:
         os.close(own)
+
+
+def open_tun(namespace: str, name: str) -> int:
+    """Create TUN device `name` inside `namespace` (as named by `ip netns`); return its fd,
+    non-blocking. Call it where `entered()` may be used."""
+    if not 0 < len(name) < IFNAMSIZ:
+        raise ValueError(f"TUN name {name!r} must be 1 to {IFNAMSIZ - 1} characters")
+    with entered(namespace):
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            request = struct.pack(f"{IFNAMSIZ}sH", name.encode(), IFF_TUN | IFF_NO_PI)
+            fcntl.ioctl(fd, TUNSETIFF, request)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
