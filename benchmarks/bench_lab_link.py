@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,7 @@ def role_udp_source(count: int, size: int, pps: float) -> None:
                 sock.send(struct.pack("!I", i) + pad)
 
 
-ROLES = {
+ROLES: dict[str, Callable[..., None]] = {
     "tcp-echo": role_tcp_echo,
     "tcp-rtt": role_tcp_rtt,
     "udp-echo": role_udp_echo,
@@ -198,7 +199,7 @@ def start(net: NamespaceLab, host: str, role: str, *args: Any) -> subprocess.Pop
 
 
 def pair(
-    net: NamespaceLab, server: tuple[str, ...], client: tuple[str, ...], timeout: float
+    net: NamespaceLab, server: tuple[Any, ...], client: tuple[Any, ...], timeout: float
 ) -> str:
     """Start the server role, then the client role; the output of the one that reports."""
     srv = start(net, "server", *server)
@@ -256,17 +257,6 @@ async def quic_rtts(net: NamespaceLab, count: int) -> list[float]:
         server_transport.close()
 
 
-def udp_flow(
-    net: NamespaceLab, count: int, size: int, pps: float, seconds: float
-) -> dict[str, Any]:
-    out = pair(net, ("udp-sink", seconds), ("udp-source", count, size, pps), seconds + 30)
-    if not out.strip():
-        # the client reports nothing: wait for the sink
-        pass
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
 def udp_run(net: NamespaceLab, count: int, size: int, pps: float, seconds: float) -> dict[str, Any]:
     srv = start(net, "server", "udp-sink", seconds)
     time.sleep(0.3)
@@ -289,7 +279,7 @@ def measure(quick: bool) -> dict[str, Any]:
             profile = LinkProfile(delay=delay_ms / 1e3)
             net.set_link("client", profile)
             want = 2 * delay_ms
-            row = {"configured_rtt_ms": want}
+            row: dict[str, float] = {"configured_rtt_ms": want}
             row["ping_ms"] = median_ms(ping_rtts(net, n))
             row["tcp_ms"] = median_ms(json.loads(pair(net, ("tcp-echo",), ("tcp-rtt", n), 60)))
             row["udp_ms"] = median_ms(json.loads(pair(net, ("udp-echo",), ("udp-rtt", n), 60)))
@@ -297,9 +287,9 @@ def measure(quick: bool) -> dict[str, Any]:
             figures[f"rtt_{delay_ms}ms_one_way"] = row
             print(f"RTT at {delay_ms} ms one way (want {want} ms): {row}")
         net.set_link("client", IDEAL)
-        row = {"ping_ms": median_ms(ping_rtts(net, n))}
-        figures["rtt_ideal"] = row
-        print(f"RTT, ideal links (the element's own cost): {row}")
+        ideal = {"ping_ms": median_ms(ping_rtts(net, n))}
+        figures["rtt_ideal"] = ideal
+        print(f"RTT, ideal links (the element's own cost): {ideal}")
 
         count = 10_000 if quick else 20_000
         for burst in (1.0, 4.0):

@@ -38,9 +38,12 @@ def test_delay_on_tcp_and_udp(net: NamespaceLab) -> None:
     """Round trips over the client's link at 20 ms one way: 40 ms, and not less, on both."""
     net.set_link("client", LinkProfile(delay=0.020))
     client, server = tcp_pair(net.client_namespace("client"), net.server_namespace)
-    echo = threading.Thread(
-        target=lambda: [server.sendall(b) for b in iter(lambda: server.recv(1), b"")]
-    )
+
+    def serve() -> None:
+        for byte in iter(lambda: server.recv(1), b""):
+            server.sendall(byte)
+
+    echo = threading.Thread(target=serve)
     echo.start()
     tcp = []
     with client:
@@ -94,9 +97,12 @@ def test_loss_on_udp_and_tcp(net: NamespaceLab) -> None:
     client, server = tcp_pair(net.client_namespace("client"), net.server_namespace)
     body = os.urandom(2_000_000)
     received = bytearray()
-    reader = threading.Thread(
-        target=lambda: [received.extend(c) for c in iter(lambda: server.recv(65536), b"")]
-    )
+
+    def read() -> None:
+        for chunk in iter(lambda: server.recv(65536), b""):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
     reader.start()
     with client:
         client.sendall(body)
