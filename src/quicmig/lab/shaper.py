@@ -24,7 +24,7 @@ REPLY_TIMEOUT = 5.0  # seconds for the element to answer a request
 # link and the server's: every lab path crosses two), 1,500-byte packets, measured with
 # benchmarks/bench_lab_link.py on the development machine (2 shared cores). A link rate
 # needing more is warned about: the element would be the bottleneck, not the link.
-CEILING_PPS = 40_000  # packets/s
+CEILING_PPS = 45_000  # packets/s
 CEILING_PACKET = 1500  # bytes
 
 
