@@ -1,3 +1,4 @@
-"""The namespace lab (`quicmig lab`): the live server and client in Linux network namespaces,
-moved by the kernel — NAT rebinding by conntrack, interface switch by link and route, IP change
-by address replacement — with the migrations observed by the server's tracker."""
+"""The namespace lab: a scenario's topology in Linux network namespaces (quicmig.lab.build),
+every link a TUN pair shaped by the simulator's own link model in a userspace element
+(quicmig.lab.element), NATs in nftables with conntrack, moved by the kernel (quicmig.lab.moves):
+NAT rebinding, interface switches, address changes, links down and up, link changes."""

@@ -1,4 +1,8 @@
-"""The namespace network: a phone with WiFi and cellular, a NAT router, a server.
+"""The old phone lab of `quicmig lab run` (quicmig.lab.run) and the old LabDriver: kept only
+until they move onto the topology builder, quicmig.lab.build (with its TUN links and the
+impairment element, quicmig.lab.element). New code uses that, not this.
+
+The namespace network: a phone with WiFi and cellular, a NAT router, a server.
 
 ```
  client namespace                 router namespace                          server namespace
@@ -44,26 +48,56 @@ bound to 0.0.0.0 and never moves it):
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import secrets
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO
 
 from quicmig.errors import QuicmigError
+from quicmig.lab.owners import (
+    NAME,
+    OWNER_DIR,
+    PREFIX,
+    Cleanup,
+    claim,
+    clean,
+    delete_namespace,
+    leftovers,
+    namespaces,
+    new_prefix,
+    owned,
+    owner,
+    owner_file,
+    owner_prefixes,
+    prefix_of,
+    release,
+    remove,
+)
+from quicmig.lab.process import Process, wait_for
 from quicmig.lab.system import Capabilities, in_ns, run, signals_held
 from quicmig.live.stop import STOP_SIGNALS
 
-NAME = re.compile(r"^qm[0-9a-f]{6}[-_]")  # every name a lab run creates starts like this
-PREFIX = re.compile(r"qm[0-9a-f]{6}")  # and this is its run's prefix
+__all__ = [  # the owners' names, for the old callers that import them from here
+    "NAME",
+    "OWNER_DIR",
+    "PREFIX",
+    "Cleanup",
+    "Process",
+    "clean",
+    "leftovers",
+    "namespaces",
+    "new_prefix",
+    "owned",
+    "owner",
+    "owner_file",
+    "owner_prefixes",
+    "prefix_of",
+]
+
+_delete_namespace = delete_namespace  # the old tests replace it to fail a delete
 SERVER_IP = "10.199.0.2"
 ROUTER_SERVER_IP = "10.199.0.1"
 SERVER_PORT = 4433
@@ -71,9 +105,7 @@ HOSTS = range(2, 10)  # client host numbers an IP change cycles through
 PORT_BASE = 40000  # the NAT's first port range is PORT_BASE .. PORT_BASE + PORT_SPAN - 1
 PORT_SPAN = 1000
 PORT_RANGES = 20  # rebinding cycles through this many ranges
-STOP_TIMEOUT = 3.0  # seconds to wait for a process to exit after SIGTERM
 CAPTURE_START_TIMEOUT = 10.0  # seconds for dumpcap to say it is capturing
-OWNER_DIR = Path("/run/quicmig")  # <prefix>.pid: the run that owns the prefix (tmpfs: no reboot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,93 +133,6 @@ CELLULAR = Interface("cellular", "cell", 2)
 INTERFACES = (WIFI, CELLULAR)
 
 
-def new_prefix() -> str:
-    """A fresh per-run prefix: `qm` + six random hex digits."""
-    return f"qm{secrets.token_hex(3)}"
-
-
-# --- owners: which prefixes belong to a run that is still going -----------------------------
-
-
-def owner_file(prefix: str) -> Path:
-    return OWNER_DIR / f"{prefix}.pid"
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # the name (field 2) may hold spaces
-    return fields[19] if len(fields) > 19 else None
-
-
-def claim(prefix: str) -> None:
-    """Write the owner file of `prefix`: this process's PID and start time.
-
-    The start time guards against PID reuse: a dead run whose PID now belongs to another
-    process must not look alive to `clean()`.
-    """
-    pid = os.getpid()
-    try:
-        OWNER_DIR.mkdir(parents=True, exist_ok=True)
-        path = owner_file(prefix)
-        part = path.with_name(f"{path.name}.{pid}.part")
-        part.write_text(f"{pid} {_start_time(pid) or '-'}\n")
-        part.replace(path)  # atomic: `clean()` never reads half a file
-    except OSError as exc:
-        raise QuicmigError(f"cannot write the lab's owner file in {OWNER_DIR}: {exc}") from None
-
-
-def release(prefix: str) -> None:
-    with contextlib.suppress(OSError):
-        owner_file(prefix).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def owned(prefix: str) -> Iterator[None]:
-    """The run's owner file exists for the whole block; `clean()` leaves the prefix alone."""
-    claim(prefix)
-    try:
-        yield
-    finally:
-        release(prefix)
-
-
-def owner(prefix: str) -> int | None:
-    """The PID of the live run that owns `prefix`, or None (no owner file, or its run is gone)."""
-    try:
-        pid_text, _, start = owner_file(prefix).read_text().strip().partition(" ")
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # it exists, as another user's process
-    if start not in ("", "-") and _start_time(pid) not in (None, start):
-        return None  # the PID was reused: the run that wrote the file is gone
-    return pid
-
-
-def owner_prefixes() -> list[str]:
-    """Prefixes that have an owner file, of live runs or dead ones."""
-    try:
-        names = [path.name for path in OWNER_DIR.iterdir()]
-    except OSError:
-        return []
-    return sorted(
-        name.removesuffix(".pid")
-        for name in names
-        if name.endswith(".pid") and NAME.match(name.removesuffix(".pid") + "-")
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Shaping:
     """Link impairments applied on the router, toward the client (rate) and both ways (delay)."""
@@ -207,80 +152,6 @@ class NetworkMove:
     old_public: str  # the client's public address before
     new_public: str  # and after (the server must see this host)
     port_range: tuple[int, int]  # the NAT's port range after the move
-
-
-class Process:
-    """A child process inside a namespace, its output read line by line by threads."""
-
-    def __init__(self, name: str, args: Sequence[str], cwd: Path, stdin: bool) -> None:
-        self.name = name
-        self.popen = subprocess.Popen(
-            list(args),
-            cwd=cwd,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # Ctrl-C reaches only quicmig lab, which stops us
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._on_line: Callable[[str], None] | None = None
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._read, args=(self.popen.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._read, args=(self.popen.stderr, self.stderr), daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def on_line(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(line)` for every stdout line, including those already read."""
-        with self._lock:
-            self._on_line = callback
-            lines = list(self.stdout)
-        for line in lines:
-            callback(line)
-
-    def _read(self, stream: IO[str] | None, into: list[str]) -> None:
-        if stream is None:
-            return
-        for raw in stream:
-            line = raw.rstrip("\n")
-            with self._lock:
-                into.append(line)
-                callback = self._on_line if into is self.stdout else None
-            if callback is not None:
-                callback(line)
-
-    def write(self, line: str) -> None:
-        if self.popen.stdin is not None and self.popen.poll() is None:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self.popen.stdin.write(line + "\n")
-                self.popen.stdin.flush()
-
-    def tail(self, lines: int = 3) -> str:
-        text = [line for line in self.stderr + self.stdout if line.strip()]
-        return " | ".join(text[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT; closes the pipes."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.popen.kill()
-                self.popen.wait()
-        for thread in self._threads:
-            thread.join(1.0)
-        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
 
 
 class LabNetwork:
@@ -500,7 +371,7 @@ class LabNetwork:
             stdin=False,
         )
         self.processes.insert(0, process)  # stopped last: it sees the whole run
-        _wait_for(
+        wait_for(
             lambda: (
                 any("Capturing on" in line for line in process.stderr)
                 or process.popen.poll() is not None
@@ -692,113 +563,3 @@ class LabNetwork:
         if rate_mbit > 0:
             args += ["rate", f"{rate_mbit * 1e6:.0f}bit"]
         run(in_ns(self.router_ns, *args))
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _delete_namespace(namespace: str) -> None:
-    """Kill whatever still runs inside, then delete the namespace (its veths go with it)."""
-    pids = run(["ip", "netns", "pids", namespace], check=False).split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-            os.kill(int(pid), signal.SIGKILL)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while pids and time.monotonic() < deadline:
-        pids = run(["ip", "netns", "pids", namespace], check=False).split()
-        if pids:
-            time.sleep(0.02)
-    run(["ip", "netns", "delete", namespace], check=False)
-
-
-def namespaces() -> list[str]:
-    return [line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line.strip()]
-
-
-def leftovers(prefix: str | None = None) -> list[str]:
-    """Namespaces, links and nftables tables of lab runs (of `prefix`, or of any run) that exist.
-
-    Links and tables are looked for in the caller's namespace; those inside a lab namespace go
-    with it.
-    """
-    match: Callable[[str], bool] = (
-        (lambda name: name.startswith(prefix + "-") or name.startswith(prefix + "_"))
-        if prefix is not None
-        else (lambda name: NAME.match(name) is not None)
-    )
-    found = [f"namespace {name}" for name in namespaces() if match(name)]
-    for line in run(["ip", "-o", "link", "show"]).splitlines():
-        parts = line.split(":")
-        if len(parts) > 1:
-            name = parts[1].strip().split("@")[0]
-            if match(name):
-                found.append(f"link {name}")
-    for line in run(["nft", "list", "tables"], check=False).splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "table" and match(parts[2]):
-            found.append(f"table {parts[1]} {parts[2]}")
-    return found
-
-
-def remove(items: Sequence[str]) -> None:
-    """Delete items as `leftovers()` names them; failures are found by listing again."""
-    for item in items:
-        kind, _, name = item.partition(" ")
-        if kind == "namespace":
-            _delete_namespace(name)
-        elif kind == "link":
-            run(["ip", "link", "delete", name], check=False)
-        else:
-            family, _, table = name.partition(" ")
-            run(["nft", "delete", "table", family, table], check=False)
-
-
-def prefix_of(item: str) -> str:
-    """`namespace qm12ab34-client` -> `qm12ab34`."""
-    name = item.partition(" ")[2].split(" ")[-1]
-    return name[:8]
-
-
-@dataclass(slots=True)
-class Cleanup:
-    """What `clean()` did: removed, left alone (their run is going), and could not remove."""
-
-    removed: list[str] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)  # prefix -> PID of its live run
-    failed: list[str] = field(default_factory=list)
-
-
-def clean(prefix: str | None = None) -> Cleanup:
-    """Remove the leftovers of runs that are gone (or all of `prefix`'s, whoever owns it).
-
-    Without `prefix`, every lab name is considered, and a prefix whose owner file names a
-    live process is skipped. Afterwards the names are listed again: `failed` is what is still
-    there (the deletes report nothing themselves). Owner files of dead runs go too.
-    """
-    result = Cleanup()
-    found = leftovers(prefix)
-    if prefix is not None:
-        targets = found
-        stale = [prefix] if owner_file(prefix).exists() else []
-    else:
-        prefixes = {prefix_of(item) for item in found} | set(owner_prefixes())
-        live = {p: pid for p in sorted(prefixes) if (pid := owner(p)) is not None}
-        in_use = {prefix_of(item) for item in found}
-        result.skipped = {p: pid for p, pid in live.items() if p in in_use}
-        targets = [item for item in found if prefix_of(item) not in live]
-        stale = [p for p in owner_prefixes() if p not in live]
-    # Never anything else, whatever the listing matched (the last guard before `ip link del`).
-    targets = [item for item in targets if PREFIX.fullmatch(prefix_of(item))]
-    remove(targets)
-    still = set(leftovers(prefix))
-    result.failed = [item for item in targets if item in still]
-    result.removed = [item for item in targets if item not in still]
-    for dead in stale:
-        if not any(prefix_of(item) == dead for item in result.failed):
-            release(dead)
-            if not owner_file(dead).exists():
-                result.removed.append(f"owner file {owner_file(dead)}")
-    return result

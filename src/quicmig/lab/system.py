@@ -1,4 +1,4 @@
-"""Running `ip`, `nft`, `tc` and `conntrack`, and finding out up front what this machine allows.
+"""Running `ip`, `nft` and `conntrack`, and finding out up front what this machine allows.
 
 Every command goes through `run()` so that a failure becomes a QuicmigError naming the command
 and the kernel's answer. Nothing here changes the machine except the probe namespace of
@@ -9,6 +9,7 @@ held (`signals_held()`) so that no Ctrl-C can fall between the two.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from quicmig.errors import QuicmigError
+from quicmig.errors import InputError, QuicmigError
 from quicmig.live.stop import STOP_SIGNALS
 
 CAP_NET_ADMIN = 12  # bit in /proc/self/status CapEff (linux/capability.h)
@@ -27,11 +28,8 @@ COMMAND_TIMEOUT = 10.0  # seconds; ip/nft/tc return in milliseconds
 
 CAPABILITIES = (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_SYS_ADMIN", CAP_SYS_ADMIN))
 
-NEEDS_ROOT = (
-    "quicmig lab needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces, "
-    "veth pairs and nftables rules: run it with sudo (`sudo $(which quicmig) lab run`) or as "
-    "root in a container started with --cap-add NET_ADMIN --cap-add SYS_ADMIN"
-)
+TUN_DEVICE = "/dev/net/tun"  # the TUN driver's clone device: the element's links
+TOOLS = ("ip", "nft", "conntrack")  # run by the builder and the movers
 PACKAGES = "iproute2, nftables, conntrack and (for --pcap) tshark"
 INSTALL_HINT = (
     "install them with `apt-get install -y iproute2 nftables conntrack tshark` (Debian/Ubuntu)"
@@ -71,6 +69,19 @@ def run(args: Sequence[str], *, check: bool = True, input: str | None = None) ->
 def in_ns(namespace: str, *args: str) -> list[str]:
     """The command line that runs `args` inside `namespace`."""
     return ["ip", "netns", "exec", namespace, *args]
+
+
+def needs_root(command: str) -> str:
+    """What to do without the capabilities, for `quicmig COMMAND` (e.g. `lab run`)."""
+    return (
+        "quicmig lab needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network "
+        "namespaces, TUN devices and nftables rules: run it with sudo "
+        f"(`sudo $(which quicmig) {command}`) or as root in a container started with "
+        "--cap-add NET_ADMIN --cap-add SYS_ADMIN"
+    )
+
+
+NEEDS_ROOT = needs_root("lab run")
 
 
 def _capabilities() -> int:
@@ -139,31 +150,38 @@ def signals_held() -> Iterator[None]:
 class Capabilities:
     """What this machine offers the lab; `missing` lists optional pieces that are absent."""
 
-    netem: bool  # delay and loss (sch_netem); without it only the rate limit (tbf) applies
     dumpcap: bool  # packet capture (--pcap)
     missing: tuple[str, ...]
+    # Read only by the old phone lab of `quicmig lab run` (quicmig.lab.network); the
+    # namespace lab shapes every link with its own element and never uses netem.
+    netem: bool = False
 
 
-def require() -> None:
-    """Raise QuicmigError saying what is needed when the lab cannot run here at all."""
+def require(command: str = "lab run") -> None:
+    """Raise when the lab cannot run here at all, before anything is created: InputError
+    (exit 2) naming `quicmig COMMAND` without root, QuicmigError without the tools."""
     missing = missing_capabilities()
     if missing:
-        raise QuicmigError(
+        raise InputError(
             f"{' and '.join(missing)} missing from this process's effective capabilities "
-            f"(/proc/self/status CapEff): {NEEDS_ROOT}"
+            f"(/proc/self/status CapEff): {needs_root(command)}"
         )
-    absent = [tool for tool in ("ip", "nft", "conntrack", "tc") if shutil.which(tool) is None]
+    absent = [tool for tool in TOOLS if shutil.which(tool) is None]
     if absent:
         raise QuicmigError(
             f"quicmig lab needs {', '.join(absent)} on PATH ({PACKAGES}); {INSTALL_HINT}"
         )
+    if not os.path.exists(TUN_DEVICE):
+        raise QuicmigError(
+            f"{TUN_DEVICE} is missing: the lab's links are TUN devices; load the driver with "
+            "`modprobe tun` (in a container: --device /dev/net/tun)"
+        )
 
 
 def detect(probe_namespace: str) -> Capabilities:
-    """Check namespaces work (required) and probe netem and dumpcap (optional).
-
-    The probe namespace is deleted before this returns, whatever happens.
-    """
+    """Check that namespaces, nftables and TUN devices work in a namespace (required) and
+    look for dumpcap (optional). The probe namespace is deleted before this returns,
+    whatever happens."""
     require()
     # Held for the whole probe (tens of milliseconds): a Ctrl-C waits until the namespace is
     # gone. The add is inside the try: if it fails, the delete finds nothing (the name is
@@ -178,28 +196,14 @@ def detect(probe_namespace: str) -> Capabilities:
                     "/run/netns must be writable and the container needs CAP_SYS_ADMIN"
                 ) from None
             run(in_ns(probe_namespace, "nft", "list", "tables"))
-            netem = (
-                subprocess.run(
-                    in_ns(probe_namespace, "tc", "qdisc", "add", "dev", "lo", "root", "netem"),
-                    capture_output=True,
-                    timeout=COMMAND_TIMEOUT,
-                    check=False,
-                    process_group=0,
-                ).returncode
-                == 0
-            )
+            # A TUN device made (and deleted with the namespace) where the lab makes its own.
+            tun = probe_namespace.partition("-")[0] + "-tun"
+            run(["ip", "-n", probe_namespace, "tuntap", "add", "dev", tun, "mode", "tun"])
         finally:
             run(["ip", "netns", "delete", probe_namespace], check=False)
     dumpcap = shutil.which("dumpcap") is not None
-    missing = []
-    if not netem:
-        missing.append(
-            "netem: this kernel has no netem qdisc (sch_netem), so delay and loss are not "
-            "emulated; bandwidth is still limited with tbf"
-        )
-    if not dumpcap:
-        missing.append("dumpcap (package tshark): no packet capture (--pcap)")
-    return Capabilities(netem=netem, dumpcap=dumpcap, missing=tuple(missing))
+    missing = [] if dumpcap else ["dumpcap (package tshark): no packet capture (--pcap)"]
+    return Capabilities(dumpcap=dumpcap, missing=tuple(missing))
 
 
 def unavailable(probe_namespace: str) -> str | None:
