@@ -216,7 +216,9 @@ class Pair:
             server_configuration(certs, self.logger),
             connection_class=connection_class(extensions),
         )
-        self.client = ClientEndpoint(client_configuration(certs.ca_pem), SERVER, Download(size), seed=1)
+        self.client = ClientEndpoint(
+            client_configuration(certs.ca_pem), SERVER, Download(size), seed=1
+        )
         self.client_addr = OLD
         self.now = 0.0
         self.drop: Callable[[bytes, Address, Address], bool] = lambda data, src, dst: False

@@ -14,7 +14,7 @@ from pathlib import Path
 from quicmig.commands.client import parse_size
 from quicmig.core.results import check_output_dir, check_output_file
 from quicmig.errors import InputError, QuicmigError
-from quicmig.lab import network, system
+from quicmig.lab import owners, system
 from quicmig.model.events import AddressChange, EventKind, NatRebind, Switch, TimelineEvent
 from quicmig.model.events import event_kind as parse_event
 from quicmig.model.loader import load_scenario
@@ -218,12 +218,13 @@ def run_command(args: argparse.Namespace) -> int:
         keylog=keylog,
         json_path=args.json,
         timeout=args.timeout,
+        command="lab run",
     )
 
 
 def clean_command(args: argparse.Namespace) -> int:
     system.require()
-    done = network.clean()
+    done = owners.clean()
     for item in done.removed:
         print(f"🧹 removed {item}")
     for prefix, pid in done.skipped.items():

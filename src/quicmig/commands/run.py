@@ -254,6 +254,7 @@ def live_result(
     series: bool = False,
     quiet: bool = False,
     timeout: float = 5.0,
+    command: str = "run --backend lab",
 ) -> int:
     """One scenario over real UDP through the proxy, or through the namespace lab; report
     it like a simulator run. The exit status: 0 passed, 1 not."""
@@ -268,16 +269,13 @@ def live_result(
     lab = None
     if backend == "lab":
         from quicmig.lab.driver import LabDriver
-        from quicmig.lab.system import require
-
-        require()  # root and the tools, before anything is created
 
         def warn(line: str) -> None:
             # On stderr even with -q: without them the verdict reads as if the scenario's
             # delays and losses had been applied; stdout keeps only the verdict.
             print(f"⚠️  lab: {line}", file=sys.stderr, flush=True)
 
-        network = lab = LabDriver(scenario, seed, pcap=pcap, log=warn)
+        network = lab = LabDriver(scenario, seed, pcap=pcap, command=command, log=warn)
     else:
         from quicmig.proxy.driver import ProxyDriver
 

@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -41,7 +42,7 @@ from quicmig.lab.process import Process, wait_for
 from quicmig.lab.shaper import IMPAIRMENT, Shaper, ceiling_warning
 from quicmig.lab.system import in_ns, require, run, signals_held
 from quicmig.live.stop import STOP_SIGNALS
-from quicmig.model.topology import Topology
+from quicmig.model.topology import LinkProfile, Topology
 
 CAPTURE_START_TIMEOUT = 10.0  # seconds for dumpcap to say it is capturing
 # A host may receive on an interface its default route does not use (make-before-break);
@@ -91,7 +92,8 @@ class NamespaceLab(Movers):
         self.warnings = [
             warning
             for link in self.plan.links.values()
-            if (warning := ceiling_warning(link.name, link.profile)) is not None
+            if (warning := ceiling_warning(link.name, self._loaded(link.host, link.profile)))
+            is not None
         ]
         self.created: list[str] = []  # namespaces, in creation order
         self.processes: list[Process] = []
@@ -100,6 +102,16 @@ class NamespaceLab(Movers):
         self._t0 = time.monotonic()
         self._previous_handlers: dict[int, signal._HANDLER] = {}
         self._stopping = False  # a signal has interrupted the run: ignore the next ones
+
+    def _loaded(self, host: str, profile: LinkProfile) -> LinkProfile:
+        """A server link carries at most what the client links bring it: a 1 Gbit/s LAN
+        behind 50 Mbit/s of WiFi is no load the element cannot carry."""
+        if host != self.plan.server or profile.rate is None:
+            return profile
+        rates = [link.profile.rate for link in self.plan.links.values() if link.host != host]
+        if any(rate is None for rate in rates):
+            return profile
+        return replace(profile, rate=min(profile.rate, sum(r for r in rates if r is not None)))
 
     # --- names -----------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from quicmig.errors import InputError, QuicmigError
 from quicmig.lab.plan import LabPlan, validate_profile
 from quicmig.lab.shaper import Shaper, ceiling_warning
 from quicmig.lab.system import in_ns, run
-from quicmig.model.scenario import SwitchMode
+from quicmig.model.events import SwitchMode
 from quicmig.model.topology import INTERNET, LinkProfile
 
 

@@ -152,9 +152,6 @@ class Capabilities:
 
     dumpcap: bool  # packet capture (--pcap)
     missing: tuple[str, ...]
-    # Read only by the old phone lab of `quicmig lab run` (quicmig.lab.network); the
-    # namespace lab shapes every link with its own element and never uses netem.
-    netem: bool = False
 
 
 def require(command: str = "lab run") -> None:

@@ -2,7 +2,7 @@
 
 A socket belongs to the network namespace it was created in, for good, whichever thread or
 process uses it afterwards. So the live server and client can stay in this process, on this
-asyncio loop, while their sockets sit inside the namespace lab (`quicmig.lab.network`): a
+asyncio loop, while their sockets sit inside the namespace lab (`quicmig.lab.build`): a
 short-lived thread enters the namespace with setns(2), creates and binds the socket, leaves,
 and hands the socket back; asyncio then wraps it as usual.
 
