@@ -32,7 +32,8 @@ from typing import Any
 
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import Stream
-from quicmig.sim.runner import RunOptions, run_scenario
+from quicmig.runner import RunOptions
+from quicmig.sim.runner import run_scenario
 
 SCENARIOS = ("network-switch", "nat-rebinding", "rebind-port", "blackhole")
 STACKS = ("stock", "quicmig")

@@ -237,7 +237,7 @@ async def quic_rtts(net: NamespaceLab, count: int) -> list[float]:
     server_transport, _ = await loop.create_datagram_endpoint(
         lambda: QuicServer(configuration=server_config), sock=server_sock
     )
-    connection = QuicConnection(configuration=client_configuration(certs))
+    connection = QuicConnection(configuration=client_configuration(certs.ca_pem))
     client_transport, protocol = await loop.create_datagram_endpoint(
         lambda: QuicConnectionProtocol(connection), sock=client_sock
     )

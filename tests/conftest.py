@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import re
 import sys
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -17,7 +18,8 @@ from quicmig.core.results import Result
 from quicmig.live.certs import CertPaths, write
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import Scenario
-from quicmig.sim.runner import RunOptions, Simulation
+from quicmig.runner import RunOptions, run
+from quicmig.sim.runner import SimBackend, Simulation
 
 SEED = 1
 LIVE_LIMIT = 20.0  # seconds: no live test may take longer
@@ -109,24 +111,51 @@ class Run:
     result: Result
 
 
+def simulate(
+    scenario: Scenario,
+    options: RunOptions | None = None,
+    watch: Callable[[Simulation], None] | None = None,
+) -> Run:
+    """Run `scenario` through the pipeline exactly as `run_scenario()` does, keeping the
+    Simulation so that tests can look at what the endpoints and the NATs observed;
+    `watch(simulation)` runs before anything else does (to tap an interface, say)."""
+    kept: list[Simulation] = []
+
+    def built(sim: Simulation) -> None:
+        kept.append(sim)
+        if watch is not None:
+            watch(sim)
+
+    result = run(scenario, SimBackend(on_built=built), options or RunOptions(seed=SEED))
+    return Run(scenario, kept[0], result)
+
+
 class BuiltinRuns:
-    """Runs a built-in scenario on first use, then hands out the cached run.
+    """Runs a built-in scenario (with overrides, and with a capture when asked) on first
+    use, then hands out the cached run: the one cache of simulator runs of the suite."""
 
-    `Simulation(scenario, options).run()` is exactly what `run_scenario()` does; keeping the
-    Simulation lets tests look at what the endpoints and the NATs observed.
-    """
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._cache: dict[tuple[str, tuple[str, ...], str | None, bool], Run] = {}
 
-    def __init__(self) -> None:
-        self._cache: dict[str, Run] = {}
-
-    def __call__(self, name: str) -> Run:
-        if name not in self._cache:
-            scenario = load_scenario(name)
-            sim = Simulation(scenario, RunOptions(seed=SEED))
-            self._cache[name] = Run(scenario, sim, sim.run())
-        return self._cache[name]
+    def __call__(
+        self, name: str, *overrides: str, stack: str | None = None, capture: bool = False
+    ) -> Run:
+        key = (name, overrides, stack, capture)
+        if key not in self._cache:
+            options = RunOptions(seed=SEED)
+            if capture:
+                stem = self.folder / f"{name}-{len(self._cache)}"
+                options = replace(
+                    options, pcap=stem.with_suffix(".pcap"), keylog=stem.with_suffix(".keys")
+                )
+            scenario = load_scenario(name, overrides)
+            if stack is not None:
+                scenario = scenario.with_stack(stack)
+            self._cache[key] = simulate(scenario, options)
+        return self._cache[key]
 
 
 @pytest.fixture(scope="session")
-def builtin_run() -> BuiltinRuns:
-    return BuiltinRuns()
+def builtin_run(tmp_path_factory: pytest.TempPathFactory) -> BuiltinRuns:
+    return BuiltinRuns(tmp_path_factory.mktemp("runs"))

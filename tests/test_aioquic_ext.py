@@ -13,55 +13,32 @@ from dataclasses import replace
 
 import pytest
 from aioquic.quic.connection import QuicConnection
+from conftest import BuiltinRuns, Run, simulate
+from pairs import NEW, OLD, Pair
 
 from quicmig.aioquic_ext import QuicmigConnection, connection_class
 from quicmig.cli import main
-from quicmig.core.certs import simulation_certificates
 from quicmig.core.datagram import Address
-from quicmig.core.endpoint import (
-    ClientEndpoint,
-    ServerEndpoint,
-    client_configuration,
-    server_configuration,
-)
-from quicmig.core.tap import TapLogger
 from quicmig.core.tracker import MigrationTracker, RecoverySample
 from quicmig.errors import InputError
 from quicmig.model.loader import load_scenario
-from quicmig.model.scenario import Download, QuicExtensions, Scenario
-from quicmig.sim.runner import RunOptions, Simulation
+from quicmig.model.scenario import QuicExtensions
+from quicmig.model.verdicts import MigrationKind, Verdict
+from quicmig.runner import RunOptions
 
 CHALLENGE_SCENARIOS = ("network-switch", "make-before-break", "blackhole", "rebind-port")
 MAX_DATAGRAM = 1200  # bytes: aioquic's default max_datagram_size
 INITIAL_WINDOW = 10 * MAX_DATAGRAM  # bytes: RFC 9002 section 7.2, aioquic's K_INITIAL_WINDOW
 
 
-class Runs:
-    """Each (scenario, stack) runs once per session on seed 1."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, str], tuple[Scenario, Simulation]] = {}
-
-    def __call__(self, name: str, stack: str) -> tuple[Scenario, Simulation]:
-        if (name, stack) not in self._cache:
-            scenario = load_scenario(name).with_stack(stack)
-            sim = Simulation(scenario, RunOptions(seed=1))
-            sim.run()
-            self._cache[name, stack] = (scenario, sim)
-        return self._cache[name, stack]
+@pytest.fixture(scope="module")
+def runs(builtin_run: BuiltinRuns) -> Callable[[str, str], Run]:
+    return lambda name, stack: builtin_run(name, stack=stack)
 
 
-_RUNS = Runs()
-
-
-def tracker(name: str, stack: str) -> MigrationTracker:
-    _, sim = _RUNS(name, stack)
-    (conn,) = sim.server.endpoint.connections
+def tracker_of(run: Run) -> MigrationTracker:
+    (conn,) = run.sim.server.endpoint.connections
     return conn.tracker
-
-
-def result_of(name: str, stack: str) -> object:
-    return _RUNS(name, stack)[1]
 
 
 def sample_at(samples: list[RecoverySample], at: float) -> RecoverySample:
@@ -87,10 +64,10 @@ def test_all_off_is_stock_aioquic() -> None:
 def test_builtin_scenarios_are_stock_and_stack_switches_everything() -> None:
     scenario = load_scenario("network-switch")
     assert scenario.quic == QuicExtensions()
-    assert scenario.expect.verdict == "failed"
+    assert scenario.expect.verdict is Verdict.FAILED
     on = scenario.with_stack("quicmig")
     assert on.quic == QuicExtensions.all_on()
-    assert on.expect.verdict == "passed"
+    assert on.expect.verdict is Verdict.PASSED
     assert on.with_stack("stock").quic == QuicExtensions()
     with pytest.raises(InputError, match="stock, quicmig"):
         scenario.with_stack("quiche")
@@ -109,7 +86,7 @@ def test_cli_stack(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "make-before-break", "--stack", "quicmig", "-q"]) == 0
     assert main(["run", "make-before-break", "--stack", "stock", "-q"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == ["make-before-break: passed", "make-before-break: failed"]
+    assert lines[:2] == ["make-before-break: passed", "make-before-break: failed (as expected)"]
     # -q names what failed, one indented line per check
     assert lines[2].startswith("  first-packet-challenge: no PATH_CHALLENGE") and len(lines) == 3
     with pytest.raises(SystemExit) as exc:
@@ -121,8 +98,10 @@ def test_cli_stack(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("name", CHALLENGE_SCENARIOS)
-def test_first_packet_on_new_path_carries_challenge(name: str) -> None:
-    migrations = tracker(name, "quicmig").migrations
+def test_first_packet_on_new_path_carries_challenge(
+    runs: Callable[[str, str], Run], name: str
+) -> None:
+    migrations = tracker_of(runs(name, "quicmig")).migrations
     assert migrations
     for mig in migrations:
         assert mig.first_packet_had_challenge is True, mig
@@ -132,36 +111,40 @@ def test_first_packet_on_new_path_carries_challenge(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["network-switch", "blackhole"])
-def test_stock_challenge_is_late_where_the_window_is_full(name: str) -> None:
+def test_stock_challenge_is_late_where_the_window_is_full(
+    runs: Callable[[str, str], Run], name: str
+) -> None:
     """The difference the extension makes, on the same seed: stock sends a bare ACK first."""
-    stock = tracker(name, "stock").migrations[0]
-    ours = tracker(name, "quicmig").migrations[0]
+    stock_tracker = tracker_of(runs(name, "stock"))
+    stock = stock_tracker.migrations[0]
+    ours = tracker_of(runs(name, "quicmig")).migrations[0]
     assert stock.first_packet_had_challenge is False
     # The window was full when stock aioquic sent that ACK (what the extension works around).
     assert stock.first_packet_to_peer_at is not None
-    full = sample_at(tracker(name, "stock").recovery, stock.first_packet_to_peer_at)
+    full = sample_at(stock_tracker.recovery, stock.first_packet_to_peer_at)
     assert full.bytes_in_flight is not None and full.cwnd is not None
     assert full.bytes_in_flight >= full.cwnd - MAX_DATAGRAM
     assert stock.validated_at is not None and ours.validated_at is not None
     assert ours.validated_at - ours.detected_at < stock.validated_at - stock.detected_at
 
 
-def test_quicmig_stack_passes_where_stock_fails() -> None:
+def test_quicmig_stack_passes_where_stock_fails(runs: Callable[[str, str], Run]) -> None:
     for name in ("network-switch", "blackhole", "make-before-break"):
-        scenario, sim = _RUNS(name, "quicmig")
-        assert scenario.expect.verdict == "passed"
-        result = sim._result(sim.scheduler.now, 1.0)
-        assert result.verdict.value == "passed", result.reasons
-        assert result.stats["quic_extensions"] == list(QuicExtensions.NAMES)
+        run = runs(name, "quicmig")
+        assert run.scenario.expect.verdict is Verdict.PASSED
+        assert run.result.verdict is Verdict.PASSED, run.result.reasons
+        assert run.result.stats["quic_extensions"] == list(QuicExtensions.NAMES)
+        assert run.result.stack == "quicmig"
+        assert runs(name, "stock").result.verdict is Verdict.FAILED
 
 
 # --- reset_recovery (RFC 9000 section 9.4) -------------------------------------------------
 
 
-def test_address_change_resets_window_and_rtt() -> None:
+def test_address_change_resets_window_and_rtt(runs: Callable[[str, str], Run]) -> None:
     """At validation the window restarts from the initial window; old-path bytes leave it."""
     for stack, reset in (("quicmig", True), ("stock", False)):
-        track = tracker("network-switch", stack)
+        track = tracker_of(runs("network-switch", stack))
         mig = track.migrations[0]
         assert mig.validated_at is not None
         before = sample_at(track.recovery, mig.detected_at)
@@ -181,11 +164,11 @@ def test_address_change_resets_window_and_rtt() -> None:
             assert after.cwnd > 10 * INITIAL_WINDOW
 
 
-def test_port_only_change_keeps_recovery_state() -> None:
+def test_port_only_change_keeps_recovery_state(runs: Callable[[str, str], Run]) -> None:
     """RFC 9000 section 9.4: a NAT rebinding (port only) keeps the window."""
-    track = tracker("rebind-port", "quicmig")
+    track = tracker_of(runs("rebind-port", "quicmig"))
     for mig in track.migrations:
-        assert mig.kind == "port_change"
+        assert mig.kind is MigrationKind.PORT_CHANGE
         assert mig.validated_at is not None
         before = sample_at(track.recovery, mig.detected_at)
         after = sample_at(track.recovery, mig.validated_at)
@@ -195,60 +178,6 @@ def test_port_only_change_keeps_recovery_state() -> None:
 
 
 # --- a lost challenge, a failed validation: driven by hand --------------------------------
-
-SERVER: Address = ("203.0.113.10", 4433)
-OLD: Address = ("198.51.100.10", 50000)
-NEW: Address = ("198.51.100.20", 50001)
-ONE_WAY = 0.02  # seconds
-
-
-class Pair:
-    """A client and a server endpoint joined by a lossless 20 ms pipe in virtual time.
-
-    `drop(data, src, dst)` decides which datagrams never arrive; `client_addr` is where the
-    client's datagrams come from, as the server sees it.
-    """
-
-    def __init__(self, extensions: QuicExtensions, size: int = 3_000_000) -> None:
-        certs = simulation_certificates()
-        self.logger = TapLogger(keep=False)
-        self.server = ServerEndpoint(
-            server_configuration(certs, self.logger),
-            connection_class=connection_class(extensions),
-        )
-        self.client = ClientEndpoint(
-            client_configuration(certs.ca_pem), SERVER, Download(size), seed=1
-        )
-        self.client_addr = OLD
-        self.now = 0.0
-        self.drop: Callable[[bytes, Address, Address], bool] = lambda data, src, dst: False
-        self._flight: list[tuple[float, str, bytes, Address]] = []  # (arrival, to, data, src)
-
-    def run(self, until: float, step: float = 0.005) -> None:
-        if self.now == 0.0:
-            self.client.connect(0.0)
-        while self.now < until:
-            for data, _ in self.client.datagrams_to_send(self.now):
-                if not self.drop(data, self.client_addr, SERVER):
-                    self._flight.append((self.now + ONE_WAY, "server", data, self.client_addr))
-            for data, dst in self.server.datagrams_to_send(self.now):
-                if not self.drop(data, SERVER, dst) and dst == self.client_addr:
-                    self._flight.append((self.now + ONE_WAY, "client", data, SERVER))
-            self.now = round(self.now + step, 6)
-            due = [f for f in self._flight if f[0] <= self.now]
-            self._flight = [f for f in self._flight if f[0] > self.now]
-            for _, to, data, src in due:
-                if to == "server":
-                    self.server.receive_datagram(data, src, self.now)
-                else:
-                    self.client.receive_datagram(data, src, self.now)
-            self.client.handle_timer(self.now)
-            self.server.handle_timer(self.now)
-
-    @property
-    def tracker(self) -> MigrationTracker:
-        (conn,) = self.server.connections
-        return conn.tracker
 
 
 @pytest.mark.parametrize("stack", ["stock", "quicmig"])
@@ -265,8 +194,7 @@ def test_lost_challenge_is_sent_again(stack: str) -> None:
         return False
 
     pair.drop = drop_first_to_new
-    pair.client_addr = NEW  # a NAT rebinding: new address, same connection ID
-    pair.client.migrate(pair.now, new_cid=False)
+    pair.migrate(NEW, new_cid=False)  # a NAT rebinding: new address, same connection ID
     pair.run(3.0)
     assert dropped
     (mig,) = pair.tracker.migrations
@@ -290,8 +218,7 @@ def test_failed_validation_falls_back_to_the_validated_path() -> None:
     pair.run(0.5)
     # One packet arrives from NEW (as a spoofer replaying it would make it), then nothing:
     # everything to NEW is lost, and the client stays on OLD.
-    pair.client_addr = NEW
-    pair.client.migrate(pair.now, new_cid=False)
+    pair.migrate(NEW, new_cid=False)
     pair.drop = lambda data, src, dst: dst == NEW
     pair.run(pair.now + 0.01)
     pair.client_addr = OLD
@@ -311,7 +238,7 @@ def test_failed_validation_falls_back_to_the_validated_path() -> None:
 
 def test_same_seed_same_json() -> None:
     scenario = replace(load_scenario("make-before-break"), quic=QuicExtensions.all_on())
-    first, second = (Simulation(scenario, RunOptions(seed=3)).run().to_dict() for _ in range(2))
+    first, second = (simulate(scenario, RunOptions(seed=3)).result.to_dict() for _ in range(2))
     for data in (first, second):
         data.pop("wall")
     assert first == second

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from quicmig.core.endpoint import SERVER_PORT
 from quicmig.core.results import MigrationResult, Result
 from quicmig.model.loader import load_scenario
-from quicmig.sim.runner import RunOptions, run_scenario
+from quicmig.model.scenario import SERVER_PORT
+from quicmig.model.verdicts import MigrationKind
+from quicmig.runner import RunOptions
+from quicmig.sim.runner import run_scenario
 
 SCENARIO = "nat-rebinding"
 LINKTYPE_RAW = 101
@@ -84,11 +86,6 @@ def read_pcap(path: Path) -> list[Record]:
     return records
 
 
-def peer(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
-
-
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Capture:
     folder = tmp_path_factory.mktemp("capture")
@@ -99,7 +96,7 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Capture:
 
 def migration(capture: Capture) -> MigrationResult:
     (mig,) = capture.result.migrations
-    assert mig.observed == "port_change"
+    assert mig.observed is MigrationKind.PORT_CHANGE
     return mig
 
 
@@ -113,12 +110,12 @@ def test_pcap_holds_the_server_side_of_both_paths(capture: Capture) -> None:
     records = read_pcap(capture.pcap)
     server = server_address(capture)
     mig = migration(capture)
-    old, new = peer(mig.old_peer), peer(mig.new_peer)
+    old, new = mig.old_peer, mig.new_peer
     assert records
     assert all(server in (r.src, r.dst) for r in records)
     times = [r.at for r in records]
     assert times == sorted(times)
-    assert times[-1] <= capture.result.stats["simulated_seconds"] + 1e-6
+    assert times[-1] <= capture.result.stats["run_seconds"] + 1e-6
     to_server = {r.src for r in records if r.dst == server}
     from_server = {r.dst for r in records if r.src == server}
     assert to_server == {old, new}
@@ -157,7 +154,7 @@ def test_qlog_times_are_virtual(capture: Capture) -> None:
     docs = load_qlogs(capture)
     names = sorted(docs)
     assert any("server" in n for n in names) and any("client" in n for n in names)
-    end_ms = capture.result.stats["simulated_seconds"] * 1e3
+    end_ms = capture.result.stats["run_seconds"] * 1e3
     for name, doc in docs.items():
         (trace,) = doc["traces"]
         times = [event["time"] for event in trace["events"]]
@@ -218,8 +215,8 @@ def test_tshark_decrypts_challenge_and_response_on_new_port(capture: Capture) ->
         frames = {int(t, 0) for t in types.split(",") if t}
         rows.append((frames, int(src), int(dst)))
     assert rows
-    new_port = peer(migration(capture).new_peer)[1]
-    old_port = peer(migration(capture).old_peer)[1]
+    new_port = migration(capture).new_peer[1]
+    old_port = migration(capture).old_peer[1]
     challenged = [d for frames, s, d in rows if PATH_CHALLENGE in frames and s == SERVER_PORT]
     answered = [s for frames, s, d in rows if PATH_RESPONSE in frames and d == SERVER_PORT]
     assert new_port in challenged

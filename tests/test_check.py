@@ -12,17 +12,18 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BuiltinRuns, Run
 
 from quicmig.capture.tshark import read_datagrams
 from quicmig.cli import main
 from quicmig.core.results import Result
-from quicmig.model.loader import load_scenario
-from quicmig.sim.runner import RunOptions, run_scenario
+from quicmig.model.verdicts import CheckState
 
 pytestmark = [
     pytest.mark.tshark,
@@ -30,6 +31,8 @@ pytestmark = [
         shutil.which("tshark") is None, reason="tshark is not installed (apt-get install tshark)"
     ),
 ]
+PASSED, FAILED = CheckState.PASSED.value, CheckState.FAILED.value
+UNSUPPORTED, NOT_APPLICABLE = CheckState.UNSUPPORTED.value, CheckState.NOT_APPLICABLE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,23 +42,17 @@ class SimCapture:
     result: Result
 
 
-class Captures:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._cache: dict[str, SimCapture] = {}
-
-    def __call__(self, name: str, *overrides: str) -> SimCapture:
-        if name not in self._cache:
-            pcap, keylog = self.folder / f"{name}.pcap", self.folder / f"{name}.keys"
-            scenario = load_scenario(name, overrides)
-            result = run_scenario(scenario, RunOptions(seed=1, pcap=pcap, keylog=keylog))
-            self._cache[name] = SimCapture(pcap, keylog, result)
-        return self._cache[name]
+Captures = Callable[[str], SimCapture]
 
 
 @pytest.fixture(scope="module")
-def sim_capture(tmp_path_factory: pytest.TempPathFactory) -> Captures:
-    return Captures(tmp_path_factory.mktemp("check"))
+def sim_capture(builtin_run: BuiltinRuns) -> Captures:
+    def capture(name: str) -> SimCapture:
+        run: Run = builtin_run(name, capture=True)
+        files = run.result.files
+        return SimCapture(Path(files["pcap"]), Path(files["keylog"]), run.result)
+
+    return capture
 
 
 def check(
@@ -76,25 +73,34 @@ def check(
     return code, json.loads(out.read_text()), text
 
 
+def states(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["state"] for c in report["checks"]}
+
+
+def connections(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(report["stats"]["connections"])
+
+
 def assert_same_migrations(report: dict[str, Any], result: Result) -> None:
-    """The capture's path changes are the simulator tracker's migrations, one for one."""
-    (conn,) = report["connections"]
-    found = conn["migrations"]
-    assert len(found) == len(result.migrations) >= 1
-    start = report["start_epoch"]
-    for seen, sim in zip(found, result.migrations, strict=True):
-        assert (seen["observed"], seen["old_peer"], seen["new_peer"]) == (
+    """The capture's migrations are the simulator tracker's, one for one: the same tracker
+    fed by decrypted capture packets instead of by the tap."""
+    seen = Result.from_dict(report)
+    assert seen.backend == "capture"
+    assert len(seen.migrations) == len(result.migrations) >= 1
+    start = report["stats"]["start_epoch"]
+    for found, sim in zip(seen.migrations, result.migrations, strict=True):
+        assert (found.observed, found.old_peer, found.new_peer) == (
             sim.observed,
             sim.old_peer,
             sim.new_peer,
         )
-        assert start + seen["detected_at"] == pytest.approx(sim.detected_at, abs=1e-5)
-        assert seen["first_packet_had_challenge"] == sim.first_packet_had_challenge
-        assert (seen["validated_at"] is not None) == (sim.validated_at is not None)
+        assert start + found.detected_at == pytest.approx(sim.detected_at, abs=1e-5)
+        assert found.first_packet_had_challenge == sim.first_packet_had_challenge
+        assert (found.validated_at is not None) == (sim.validated_at is not None)
         if sim.validation_rtt is not None:
-            assert seen["validation_rtt"] == pytest.approx(sim.validation_rtt, abs=1e-5)
-        assert seen["cid_changed"] == sim.cid_changed
-    assert [p["peer"] for p in conn["paths"]] == result.paths_seen
+            assert found.validation_rtt == pytest.approx(sim.validation_rtt, abs=1e-5)
+        assert found.cid_changed == sim.cid_changed
+    assert seen.paths_seen == result.paths_seen
 
 
 def test_nat_rebinding_capture_passes(
@@ -104,33 +110,52 @@ def test_nat_rebinding_capture_passes(
     assert capture.result.verdict.value == "passed"
     code, report, text = check(capture, tmp_path, capsys)
     assert code == 0
-    assert report["verdict"] == "passed" and report["migrated"] is True
-    assert {c["name"]: c["passed"] for c in report["checks"]} == {
-        "multiple-paths": True,
-        "first-packet-challenge": True,
-        "challenges-answered": True,
-    }
+    assert report["verdict"] == "passed" and report["migrations"]
+    found = states(report)
+    for name in ("multiple-paths", "first-packet-challenge", "challenges-answered"):
+        assert found[name] == PASSED
+    # What a capture cannot show is not applicable, never passed.
+    assert found["transfer-intact"] == NOT_APPLICABLE
     assert_same_migrations(report, capture.result)
     assert "Verdict: PASSED" in text
+
+
+def test_check_and_run_judge_alike(
+    sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Held to the scenario's expectations, a capture gets the run's checks, with the same
+    outcome for each, but for what a capture does not hold: the application's bytes, and
+    the network changes (where the network put the client)."""
+    capture = sim_capture("nat-rebinding")
+    code, report, _ = check(capture, tmp_path, capsys, "--scenario", "nat-rebinding")
+    assert code == 0
+    run = {c.name: c.state.value for c in capture.result.checks}
+    found = states(report)
+    assert list(found) == list(run)
+    for unseen in ("transfer-intact", "migration-target"):
+        assert found.pop(unseen) == NOT_APPLICABLE
+        run.pop(unseen)
+    assert found == run
 
 
 def test_blackhole_capture_fails_first_packet_challenge_like_the_simulator(
     sim_capture: Captures, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capture = sim_capture("blackhole")
-    sim_checks = {c.name: c.passed for c in capture.result.checks}
-    assert sim_checks["first-packet-challenge"] is False
+    sim_checks = {c.name: c.state.value for c in capture.result.checks}
+    assert sim_checks["first-packet-challenge"] == FAILED
     code, report, _ = check(capture, tmp_path, capsys)
     assert code == 1
-    checks = {c["name"]: c["passed"] for c in report["checks"]}
-    assert checks["first-packet-challenge"] is False
-    assert checks["challenges-answered"] is True
+    checks = states(report)
+    assert checks["first-packet-challenge"] == FAILED
+    assert checks["challenges-answered"] == NOT_APPLICABLE  # its first packet had none
+    assert checks["new-dcid-after-active-migration"] == NOT_APPLICABLE
     assert report["verdict"] == "failed"
+    assert report["verdicts"]["rfc9000"] == "passed"  # validated before use beyond 3x
     assert_same_migrations(report, capture.result)
     # --active: the client moved on purpose, and it did take a new DCID.
     code, report, _ = check(capture, tmp_path, capsys, "--active")
-    checks = {c["name"]: c["passed"] for c in report["checks"]}
-    assert checks["new-dcid-after-active-migration"] is True
+    assert states(report)["new-dcid-after-active-migration"] == PASSED
 
 
 def test_no_migration_is_said_clearly(
@@ -140,11 +165,14 @@ def test_no_migration_is_said_clearly(
     assert capture.result.migrations == [] and len(capture.result.cid_rotations) == 2
     code, report, text = check(capture, tmp_path, capsys)
     assert code == 1
-    assert report["migrated"] is False and report["verdict"] == "failed"
-    assert report["reasons"][0].startswith("multiple-paths: no migration in this capture")
+    assert report["migrations"] == [] and report["verdict"] == "failed"
+    assert report["reasons"] == [
+        "migrations-observed: server saw 0 migrations, expected at least 1"
+    ]
+    assert len(report["cid_rotations"]) == 2  # what it did see: new DCIDs on one path
     assert "no migration in this capture" in text
-    (conn,) = report["connections"]
-    assert len(conn["paths"]) == 1 and conn["migrations"] == []
+    (conn,) = connections(report)
+    assert len(conn["paths"]) == 1
 
 
 def drop_records(source: Path, target: Path, numbers: set[int]) -> int:
@@ -176,11 +204,14 @@ def test_unanswered_challenge_fails(
     assert drop_records(capture.pcap, filtered, with_response) == len(with_response)
     code, report, _ = check(filtered, tmp_path, capsys, keylog=capture.keylog)
     assert code == 1
-    checks = {c["name"]: (c["passed"], c["detail"]) for c in report["checks"]}
-    assert checks["challenges-answered"][0] is False
-    assert "unanswered" in checks["challenges-answered"][1]
-    assert checks["first-packet-challenge"][0] is True
-    (mig,) = report["connections"][0]["migrations"]
+    checks = {c["name"]: (c["state"], c["detail"]) for c in report["checks"]}
+    assert checks["challenges-answered"] == (
+        FAILED,
+        "0 of 1 PATH_CHALLENGE frames in the server's first packet on a new path answered",
+    )
+    assert checks["paths-validated"][0] == FAILED
+    assert checks["first-packet-challenge"][0] == PASSED
+    (mig,) = report["migrations"]
     assert mig["validated_at"] is None
 
 
@@ -263,13 +294,13 @@ def test_a_connection_the_key_log_cannot_decrypt_is_named_and_not_passed(
     code, report, text = check(merged, tmp_path, capsys, keylog=rebinding.keylog)
     assert code == 1
     assert report["verdict"] == "unsupported"
-    hidden = [c for c in report["connections"] if c["undecrypted"]]
+    hidden = [c for c in connections(report) if c["undecrypted"]]
     (conn,) = hidden
     assert conn["datagrams_1rtt"] > 0 and conn["decrypted"] == 0
     assert len(conn["paths"]) > 1, "its client moved, but only the UDP header shows it"
-    checks = {c["name"]: (c["passed"], c["detail"]) for c in report["checks"]}
-    passed, detail = checks["all-connections-decrypted"]
-    assert passed is None
+    checks = {c["name"]: (c["state"], c["detail"]) for c in report["checks"]}
+    state, detail = checks["all-connections-decrypted"]
+    assert state == UNSUPPORTED
     # Named by what is in the clear: the client's address, the Initial DCID, and the
     # ClientHello's random, which is how the missing key log is keyed.
     (random,) = {
@@ -281,17 +312,17 @@ def test_a_connection_the_key_log_cannot_decrypt_is_named_and_not_passed(
     assert conn["paths"][0]["peer"] in detail and conn["initial_dcid"] in detail
     assert random[:16] in detail and "key log missing for 1 of 2 connections" in detail
     # The decrypted connection's checks still ran, and passed.
-    assert checks["first-packet-challenge"][0] is True
+    assert checks["first-packet-challenge"][0] == PASSED
     assert f"⚠ {detail}" in text.splitlines()  # said in one line, not wrapped
     # With both key logs (concatenated, as the message says) every connection is checked.
     both = tmp_path / "both.keys"
     both.write_text(rebinding.keylog.read_text() + other.keylog.read_text())
     code, report, _ = check(merged, tmp_path, capsys, keylog=both)
     assert code == 0 and report["verdict"] == "passed"
-    assert not any(c["undecrypted"] for c in report["connections"])
-    assert sum(len(c["migrations"]) for c in report["connections"]) == len(
-        rebinding.result.migrations
-    ) + len(other.result.migrations)
+    assert not any(c["undecrypted"] for c in connections(report))
+    assert len(report["migrations"]) == len(rebinding.result.migrations) + len(
+        other.result.migrations
+    )
 
 
 def test_no_migration_is_not_claimed_when_a_connection_is_hidden(
@@ -301,8 +332,10 @@ def test_no_migration_is_not_claimed_when_a_connection_is_hidden(
     merged = merge(tmp_path, "hidden.pcap", still, moved)
     code, report, _ = check(merged, tmp_path, capsys, "-q", keylog=still.keylog)
     assert code == 1 and report["verdict"] == "unsupported"
-    checks = {c["name"]: c["passed"] for c in report["checks"]}
-    assert checks == {"multiple-paths": None, "all-connections-decrypted": None}
+    checks = states(report)
+    assert checks["all-connections-decrypted"] == UNSUPPORTED
+    # "No migration" cannot be claimed: the verdict rests on the hidden connection.
+    assert report["reasons"][0].startswith("all-connections-decrypted:")
 
 
 def test_capture_cut_short_is_analysed_up_to_the_cut(
@@ -321,7 +354,7 @@ def test_capture_cut_short_is_analysed_up_to_the_cut(
     report = json.loads(out.read_text())
     assert report["verdict"] == "passed"
     assert_same_migrations(report, capture.result)
-    (warning,) = report["warnings"]
+    (warning,) = report["stats"]["warnings"]
     assert "cut short in the middle of a packet" in warning
     assert err == f"quicmig: warning: {warning}\n"
     # Cut before the first whole packet: nothing to analyse, an error.

@@ -39,10 +39,10 @@ def test_run_writes_every_requested_file(tmp_path: Path) -> None:
     args += ["--keylog", str(tmp_path / "k.log"), "--qlog-dir", str(tmp_path / "qlog"), "-q"]
     assert main(args) == 0
     data = json.loads(out.read_text())
-    assert data["schema"] == "quicmig.result/1"
+    assert data["schema"] == "quicmig.result/2"
     assert (data["scenario"], data["seed"], data["verdict"]) == ("nat-rebinding", 3, "passed")
     assert {c["name"] for c in data["checks"]} >= {"transfer-intact", "first-packet-challenge"}
-    assert all(set(c) == {"name", "passed", "detail"} for c in data["checks"])
+    assert all(set(c) == {"name", "state", "detail", "rules"} for c in data["checks"])
     assert data["transfer"]["bytes"] == 5_000_000 and data["transfer"]["intact"] is True
     assert data["transfer"]["completed_at"] > 0
     (mig,) = data["migrations"]

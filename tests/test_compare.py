@@ -97,8 +97,9 @@ def test_different_scenarios_warn_in_one_line(
         ("not json", "not JSON"),
         ('{"schema": "quicmig.lab/1"}', "not a quicmig result (schema 'quicmig.lab/1'"),
         ("[1, 2]", "not a quicmig result (no quicmig schema"),
-        ('{"schema": "quicmig.results/1", "runs": [{}, {}]}', "holds 2 runs"),
-        ('{"schema": "quicmig.result/1", "scenario": "x"}', "without backend, seed"),
+        ('{"schema": "quicmig.results/2", "runs": [{}, {}]}', "holds 2 runs"),
+        ('{"schema": "quicmig.result/2", "scenario": "x"}', "without backend, seed"),
+        ('{"schema": "quicmig.result/1", "scenario": "x"}', "from an earlier quicmig"),
         (None, "no such file"),
     ],
 )
@@ -162,8 +163,8 @@ def test_fields_of_the_wrong_type_are_one_line_errors(
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["checks"].__setitem__(0, {"name": 3, "passed": True}), "`checks[0].name`"),
-        (lambda d: d["checks"][0].pop("passed"), "`checks[0].passed` is missing"),
+        (lambda d: d["checks"].__setitem__(0, {"name": 3, "state": "passed"}), "`checks[0].name`"),
+        (lambda d: d["checks"][0].pop("state"), "`checks[0].state` is missing"),
         (lambda d: d["migrations"][0].__setitem__("observed", None), "`migrations[0].observed`"),
         (lambda d: d["migrations"][0].__setitem__("interruption", "long"), "a number or null"),
         (lambda d: d["transfer"].__setitem__("bytes", 1.5), "`transfer.bytes` must be an int"),

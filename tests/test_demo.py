@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import simulate
 from rich.console import Console
 from rich.prompt import Prompt
 
@@ -18,16 +19,15 @@ from quicmig.demo import menu
 from quicmig.demo.content import TOPICS
 from quicmig.demo.observe import observe
 from quicmig.model.loader import builtin_names, load_scenario
-from quicmig.sim.runner import RunOptions, Simulation
+from quicmig.runner import RunOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _reference(name: str) -> tuple[Result, MigrationTracker]:
     """A plain simulator run, without the demo's recorder: what the server's tracker saw."""
-    sim = Simulation(load_scenario(name), RunOptions(seed=1))
-    result = sim.run()
-    return result, sim.server.endpoint.connections[0].tracker
+    run = simulate(load_scenario(name), RunOptions(seed=1))
+    return run.result, run.sim.server.endpoint.connections[0].tracker
 
 
 def _demo_output(name: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -53,7 +53,7 @@ def test_diagram_shows_the_challenge_and_response_on_the_new_path(
     result, tracker = _reference(name)
     (migration,) = tracker.migrations
     new_peer = format_address(migration.new_peer)
-    assert new_peer == result.migrations[0].new_peer
+    assert migration.new_peer == result.migrations[0].new_peer
     challenge = migration.challenges[0]
     assert challenge.answered_at is not None
     out = _demo_output(name, capsys).splitlines()
@@ -98,7 +98,7 @@ def test_without_a_terminal_it_never_waits_for_input() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "cid-rotate" in proc.stdout and "NEW_CONNECTION_ID" in proc.stdout
+    assert "cid-rotation" in proc.stdout and "NEW_CONNECTION_ID" in proc.stdout
 
 
 def test_topics_render(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from quicmig.errors import InputError
+from quicmig.model.events import NatRebind, Switch
 from quicmig.model.loader import (
     apply_overrides,
     builtin_names,
@@ -14,8 +15,9 @@ from quicmig.model.loader import (
     read_tree,
     scenario_from_tree,
 )
-from quicmig.model.scenario import Download, NatRebind, Switch
+from quicmig.model.scenario import Download
 from quicmig.model.topology import PROFILES
+from quicmig.model.verdicts import Verdict
 
 
 def test_there_are_builtin_scenarios() -> None:
@@ -31,7 +33,7 @@ def test_every_builtin_scenario_loads(name: str) -> None:
     assert scenario.duration > 0
     assert all(0 <= event.at < scenario.duration for event in scenario.timeline)
     assert scenario.topology.clients
-    assert scenario.expect.verdict in ("passed", "failed", "unsupported")
+    assert isinstance(scenario.expect.verdict, Verdict)
 
 
 def test_override_link_shortcut_changes_delay() -> None:
@@ -165,8 +167,8 @@ def test_set_without_equals() -> None:
         ('client.interface="bluetooth"', "bluetooth"),
         ('expect.verdict="maybe"', "expect.verdict"),
         ('timeline.0.event="teleport"', "timeline[0].event"),
-        ('timeline.0.nat="nowhere"', "timeline[0] (NatRebind): unknown NAT 'nowhere'"),
-        ("timeline.0.every_s=-1", "timeline[0] (NatRebind).every_s"),
+        ('timeline.0.nat="nowhere"', "timeline[0] (nat-rebinding): unknown NAT 'nowhere'"),
+        ("timeline.0.every_s=-1", "timeline[0] (nat-rebinding).every_s"),
         ("timeline.0.at_s=-1", "timeline[0]"),
         ("timeline.0.at_s=20", "timeline[0]"),
         ("timeline.0.at_s=25", "timeline[0]"),

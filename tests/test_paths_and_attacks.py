@@ -1,5 +1,5 @@
-"""Issue 5, items 1, 2 and 5: preferred address, disable_active_migration, spoofing and
-amplification, each observed on the wire.
+"""Preferred address, disable_active_migration, spoofing and amplification, each observed
+on the wire.
 
 Assertions read what crossed the simulated wire (a tap on the server's interfaces), what the
 server's tracker saw (packets aioquic authenticated, with the server address they reached),
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import Run, simulate
 
 from quicmig.aioquic_ext import QuicmigConnection, connection_class
 from quicmig.cli import main
@@ -23,70 +24,70 @@ from quicmig.errors import InputError
 from quicmig.live.certs import CertPaths
 from quicmig.live.client import LiveClient
 from quicmig.live.server import LiveServer
+from quicmig.model.events import EventKind
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import QuicExtensions, ServerSettings
-from quicmig.sim.runner import RunOptions, Simulation
+from quicmig.model.verdicts import CheckState, MigrationKind, Verdict
+from quicmig.runner import RunOptions
+from quicmig.sim.runner import Simulation
 
+PASSED, FAILED = CheckState.PASSED, CheckState.FAILED
 ORIGINAL: Address = ("203.0.113.10", 4433)
 PREFERRED: Address = ("203.0.113.20", 4433)
 
 
-def simulate(name: str, stack: str = "stock", *overrides: str) -> Simulation:
-    sim = Simulation(load_scenario(name, overrides).with_stack(stack), RunOptions(seed=1))
-    sim.result = sim.run()  # type: ignore[attr-defined]
-    return sim
+def run(name: str, stack: str = "stock", *overrides: str) -> Run:
+    return simulate(load_scenario(name, overrides).with_stack(stack), RunOptions(seed=1))
 
 
-def verdict(sim: Simulation) -> str:
-    return str(sim.result.verdict.value)  # type: ignore[attr-defined]
+def checks(run: Run) -> dict[str, CheckState]:
+    return {c.name: c.state for c in run.result.checks}
 
 
-def checks(sim: Simulation) -> dict[str, bool | None]:
-    return {c.name: c.passed for c in sim.result.checks}  # type: ignore[attr-defined]
-
-
-# --- item 2: disable_active_migration ------------------------------------------------------
+# --- disable_active_migration -------------------------------------------------------------
 
 
 def test_disable_active_migration_is_read_and_honoured() -> None:
-    sim = simulate("disable-migration", "quicmig")
+    done = run("disable-migration", "quicmig")
+    sim = done.sim
     client = sim.clients[0].endpoint
     assert isinstance(client.conn, QuicmigConnection)
     assert client.conn.peer_disabled_active_migration  # from the server's transport parameters
     assert client.active_migration_refusal() is not None
-    refused = [c for c in sim.changes if c.event == "migration-refused"]
+    refused = [c for c in sim.changes if c.kind is EventKind.MIGRATION_REFUSED]
     assert len(refused) == 1 and "disable_active_migration" in refused[0].detail
     (conn,) = sim.server.endpoint.connections
     tracker = conn.tracker
     # The NAT rebinding still moved the connection; the switch to cellular never happened.
-    assert [m.kind for m in tracker.migrations] == ["port_change"]
+    assert [m.kind for m in tracker.migrations] == [MigrationKind.PORT_CHANGE]
     assert tracker.migrations[0].validated_at is not None
     assert all(peer[0].startswith("198.51.100.1") for peer in tracker.peers_seen)  # home NAT
-    assert verdict(sim) == "passed"
-    assert checks(sim)["disable-active-migration-honoured"] is True
+    assert done.result.verdict is Verdict.PASSED
+    assert checks(done)["disable-active-migration-honoured"] is CheckState.PASSED
 
 
 def test_stock_client_migrates_against_disable_active_migration() -> None:
     """What the server does when a client migrates anyway: it validates and follows."""
-    sim = simulate("disable-migration", "stock")
-    assert not [c for c in sim.changes if c.event == "migration-refused"]
+    done = run("disable-migration", "stock")
+    sim = done.sim
+    assert not [c for c in sim.changes if c.kind is EventKind.MIGRATION_REFUSED]
     (conn,) = sim.server.endpoint.connections
     kinds = [m.kind for m in conn.tracker.migrations]
-    assert kinds == ["port_change", "address_change"]
+    assert kinds == [MigrationKind.PORT_CHANGE, MigrationKind.ADDRESS_CHANGE]
     moved = conn.tracker.migrations[1]
     assert moved.new_peer[0].startswith("198.51.100.2")  # the cellular carrier's NAT
     assert moved.challenges and moved.validated_at is not None
-    assert checks(sim)["disable-active-migration-honoured"] is False
-    assert verdict(sim) == "failed" == sim.scenario.expect.verdict
+    assert checks(done)["disable-active-migration-honoured"] is CheckState.FAILED
+    assert done.result.verdict is Verdict.FAILED is sim.scenario.expect.verdict
 
 
 def test_stock_server_sends_no_disable_active_migration() -> None:
-    sim = simulate("nat-rebinding", "quicmig", "duration_s=1", "timeline.0.at_s=0.5")
-    conn = sim.clients[0].endpoint.conn
+    done = run("nat-rebinding", "quicmig", "duration_s=1", "timeline.0.at_s=0.5")
+    conn = done.sim.clients[0].endpoint.conn
     assert isinstance(conn, QuicmigConnection) and not conn.peer_disabled_active_migration
 
 
-# --- item 5: spoofing and amplification ---------------------------------------------------
+# --- spoofing and amplification -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -95,9 +96,18 @@ def test_stock_server_sends_no_disable_active_migration() -> None:
 )
 @pytest.mark.parametrize("stack", ["stock", "quicmig"])
 def test_attack_does_not_hurt(name: str, source: Address, stack: str) -> None:
-    sim = simulate(name, stack)
+    arrived: list[Datagram] = []
+
+    def tap(sim: Simulation) -> None:  # what reached the server's interface from the attacker
+        sim.network.tap_interface(
+            sim.server.ref, lambda d, now: arrived.append(d) if d.src == source else None
+        )
+
+    done = simulate(load_scenario(name).with_stack(stack), RunOptions(seed=1), tap)
+    sim = done.sim
     wire = sim.wire  # a tap on the server's interface: UDP payload bytes by address
-    assert wire.datagrams_received[source] == 3  # every copy reached the server
+    assert len(arrived) == 3  # every copy reached the server
+    assert wire.received[source] == sum(len(d.data) for d in arrived)
     assert 0 < wire.sent[source] <= 3 * wire.received[source]  # RFC 9000 section 8.1
     (conn,) = sim.server.endpoint.connections
     tracker = conn.tracker
@@ -111,18 +121,19 @@ def test_attack_does_not_hurt(name: str, source: Address, stack: str) -> None:
         assert away.detected_at - there.detected_at < 0.1  # seconds on the attacker's address
     assert tracker.peer == client
     assert sim.clients[0].endpoint.closed is None or sim.clients[0].done_at is not None
-    assert sim.result.transfer.intact  # type: ignore[attr-defined]
-    assert verdict(sim) == "passed"
+    assert done.result.transfer.intact
+    assert done.result.verdict is Verdict.PASSED
 
 
 def test_spoof_tampered_copies_from_the_client_address_are_dropped() -> None:
-    sim = simulate("spoofed-address")
+    done = run("spoofed-address")
+    sim = done.sim
     client = sim.clients[0].local
     # The client's address brought three extra (tampered) datagrams; none was authenticated.
     (conn,) = sim.server.endpoint.connections
     authenticated = conn.tracker.datagrams_from[client]
     assert sim.wire.received[client] > authenticated  # tampered bytes never authenticated
-    assert sim.result.transfer.intact  # type: ignore[attr-defined]
+    assert done.result.transfer.intact
 
 
 def test_attack_checks_fail_when_the_server_misbehaves() -> None:
@@ -130,19 +141,19 @@ def test_attack_checks_fail_when_the_server_misbehaves() -> None:
     client: Address = ("198.51.100.50", 1000)
     there = ObservedMigration(1.0, client, attacker, "a", "a")
     ok = attack_checks([attacker], {attacker: 100}, {attacker: 300}, [there], client)
-    assert [c.passed for c in ok] == [True, True, False]  # never left the attacker
+    assert [c.state for c in ok] == [PASSED, PASSED, FAILED]  # never left the attacker
     back = ObservedMigration(1.05, attacker, client, "a", "a")
     ok = attack_checks([attacker], {attacker: 100}, {attacker: 300}, [there, back], client)
-    assert all(c.passed for c in ok)
+    assert all(c.state is PASSED for c in ok)
     over = attack_checks([attacker], {attacker: 100}, {attacker: 301}, [there, back], client)
-    assert [c.name for c in over if not c.passed] == ["amplification-limit"]
+    assert [c.name for c in over if c.state is FAILED] == ["amplification-limit"]
     stayed = attack_checks([attacker], {attacker: 100}, {}, [there, back], attacker)
-    assert [c.name for c in stayed if not c.passed] == ["attacker-path-abandoned"]
+    assert [c.name for c in stayed if c.state is FAILED] == ["attacker-path-abandoned"]
     none = attack_checks([attacker], {}, {}, [], client)
-    assert [c.name for c in none if not c.passed] == ["attack-reached-server"]
+    assert [c.name for c in none if c.state is FAILED] == ["attack-reached-server"]
 
 
-# --- item 1: preferred address, in the simulator -------------------------------------------
+# --- preferred address, in the simulator ---------------------------------------------------
 
 
 def test_stock_server_cannot_send_a_preferred_address() -> None:
@@ -154,12 +165,14 @@ def test_stock_server_cannot_send_a_preferred_address() -> None:
 
 
 def test_client_moves_to_the_preferred_address() -> None:
-    scenario = load_scenario("preferred-address")
-    sim = Simulation(scenario, RunOptions(seed=1))
     on_wire: list[tuple[float, Datagram]] = []
-    sim.network.tap_interface("server.eth1", lambda d, now: on_wire.append((now, d)))
-    result = sim.run()
-    assert result.verdict.value == "passed", result.reasons
+
+    def tap(sim: Simulation) -> None:
+        sim.network.tap_interface("server.eth1", lambda d, now: on_wire.append((now, d)))
+
+    done = simulate(load_scenario("preferred-address"), RunOptions(seed=1), tap)
+    sim, result = done.sim, done.result
+    assert result.verdict is Verdict.PASSED, result.reasons
     (conn,) = sim.server.endpoint.connections
     use = conn.tracker.server_addresses[PREFERRED]
     assert use.first_packet_probing  # the client's PATH_CHALLENGE
@@ -181,22 +194,23 @@ def test_client_moves_to_the_preferred_address() -> None:
 
 
 def test_unreachable_preferred_address_client_stays() -> None:
-    sim = simulate("preferred-address-unreachable")
+    done = run("preferred-address-unreachable")
+    sim = done.sim
     (conn,) = sim.server.endpoint.connections
     assert PREFERRED not in conn.tracker.server_addresses  # nothing got through
     assert conn.tracker.local is None
     assert sim.clients[0].endpoint.conn.get_peer_address() == ORIGINAL
-    assert sim.result.transfer.intact  # type: ignore[attr-defined]
-    assert verdict(sim) == "passed"
+    assert done.result.transfer.intact
+    assert done.result.verdict is Verdict.PASSED
     # The same run expecting a move fails: the check can fail.
-    moved = simulate("preferred-address-unreachable", "stock", "expect.preferred_address_used=true")
-    assert checks(moved)["preferred-address-used"] is False
+    moved = run("preferred-address-unreachable", "stock", "expect.preferred_address_used=true")
+    assert checks(moved)["preferred-address-used"] is CheckState.FAILED
 
 
 def test_preferred_address_checks_fail_on_an_old_dcid() -> None:
     use = ServerAddressUse(PREFERRED, 0.1, "aa", False, True, moved_at=0.2)
-    assert [c.passed for c in preferred_address_checks(PREFERRED, True, use)] == [True, False]
-    assert [c.passed for c in preferred_address_checks(PREFERRED, False, use)] == [False]
+    assert [c.state for c in preferred_address_checks(PREFERRED, True, use)] == [PASSED, FAILED]
+    assert [c.state for c in preferred_address_checks(PREFERRED, False, use)] == [FAILED]
 
 
 @pytest.mark.parametrize(
@@ -227,13 +241,13 @@ def test_cli_run_preferred_address(capsys: pytest.CaptureFixture[str]) -> None:
 def test_same_seed_same_json() -> None:
     for name in ("preferred-address", "spoofed-address"):
         scenario = load_scenario(name)
-        first, second = (Simulation(scenario, RunOptions(seed=5)).run().to_dict() for _ in "ab")
+        first, second = (simulate(scenario, RunOptions(seed=5)).result.to_dict() for _ in "ab")
         first.pop("wall")
         second.pop("wall")
         assert json.dumps(first) == json.dumps(second)
 
 
-# --- item 1: preferred address, live on loopback -------------------------------------------
+# --- preferred address, live on loopback ---------------------------------------------------
 
 
 def test_live_client_follows_the_preferred_address(certs: CertPaths) -> None:
@@ -291,8 +305,8 @@ def test_apparent_migration_makes_the_server_challenge_the_old_path(probe: bool)
     """RFC 9000 section 9.3.3: after a move to the forwarding attacker's address, the server
     challenges the previously active path; the real client there answers it."""
     switch = f"quic.probe_old_path={'true' if probe else 'false'}"
-    sim = Simulation(load_scenario("off-path-forward", [switch]), RunOptions(seed=1))
-    result = sim.run()
+    done = simulate(load_scenario("off-path-forward", [switch]), RunOptions(seed=1))
+    sim, result = done.sim, done.result
     (conn,) = sim.server.endpoint.connections
     tracker = conn.tracker
     (attacker,) = sim.scenario.attackers
@@ -307,4 +321,4 @@ def test_apparent_migration_makes_the_server_challenge_the_old_path(probe: bool)
     assert [c.sent_at for c in to_client] == [m.detected_at for m in to_attacker]
     # ...and answered by the live client within a round trip or two of the 20 ms WiFi link.
     assert all(c.answered_at is not None and c.answered_at - c.sent_at < 0.2 for c in to_client)
-    assert result.verdict.value == "passed"
+    assert result.verdict is Verdict.PASSED

@@ -9,6 +9,7 @@ import pytest
 from quicmig.core.datagram import Address
 from quicmig.core.tap import Packet
 from quicmig.core.tracker import MigrationTracker, is_probing
+from quicmig.model.verdicts import MigrationKind
 
 OLD = ("198.51.100.10", 36643)
 NEW_PORT = ("198.51.100.10", 41574)
@@ -66,9 +67,12 @@ def test_no_migration_on_a_steady_path() -> None:
 
 
 @pytest.mark.parametrize(
-    ("new_peer", "kind"), [(NEW_PORT, "port_change"), (NEW_ADDR, "address_change")]
+    ("new_peer", "kind"),
+    [(NEW_PORT, MigrationKind.PORT_CHANGE), (NEW_ADDR, MigrationKind.ADDRESS_CHANGE)],
 )
-def test_non_probing_packet_from_new_address_is_a_migration(new_peer: Address, kind: str) -> None:
+def test_non_probing_packet_from_new_address_is_a_migration(
+    new_peer: Address, kind: MigrationKind
+) -> None:
     tracker = established()
     tracker.on_packet_received(packet(0.5, new_peer, 2, [ACK, PING]))
     (mig,) = tracker.migrations

@@ -101,9 +101,7 @@ def migration_checks(
         )
         checks.append(_amplification(migrations))
     checks.append(_new_dcid(migrations, changes, all_active))
-    target = _target(migrations, changes)
-    if target is not None:
-        checks.append(target)
+    checks.append(_target(migrations, changes))
     return checks
 
 
@@ -217,13 +215,13 @@ def _new_dcid(
     )
 
 
-def _target(
-    migrations: Sequence[MigrationResult], changes: Sequence[NetworkChange]
-) -> Check | None:
+def _target(migrations: Sequence[MigrationResult], changes: Sequence[NetworkChange]) -> Check:
     """Each change that says where the server should see the client next: did it?"""
     expected = [c for c in changes if c.expect_ip is not None]
     if not expected:
-        return None
+        return Check(
+            "migration-target", NOT_APPLICABLE, "no network change said where the client went"
+        )
     wrong = []
     for change in expected:
         caused = [m for m in migrations if m.network_change_at == change.at]

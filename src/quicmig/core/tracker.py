@@ -228,6 +228,8 @@ class MigrationTracker:
 
     def _on_stream_sent(self, at: float, frame: dict[str, Any]) -> None:
         """Count stream bytes sent below the highest offset already sent: retransmissions."""
+        if "offset" not in frame:
+            return  # a capture's record: tshark's fields give no offsets to compare
         offset, stream_id = frame["offset"], frame["stream_id"]
         end = offset + frame["length"]
         highest = self._stream_sent.get(stream_id, 0)
