@@ -20,8 +20,8 @@ from quicmig.lab import build, owners, system
 from quicmig.lab.build import NamespaceLab
 from quicmig.lab.owners import leftovers
 from quicmig.lab.plan import IFNAME_MAX, LabPlan
-from quicmig.model.loader import load_scenario
 from quicmig.model.events import SwitchMode
+from quicmig.model.loader import load_scenario
 from quicmig.model.topology import Host, Interface, LinkProfile, Topology
 
 SERVER = ("203.0.113.10", 4433)  # the phone topology's server
