@@ -21,13 +21,13 @@ def longest_gap(times: Sequence[float], start: float, end: float, run_end: float
     first_after = bisect.bisect_right(times, start)
     if first_after == 0:
         return None
-    gaps = []
-    for index in range(first_after, len(times)):
-        gaps.append(times[index] - times[index - 1])
-        if times[index - 1] >= end:
-            break
     if first_after == len(times):
-        gaps.append(run_end - times[-1])
+        return run_end - times[-1]
+    gaps = [times[first_after] - times[first_after - 1]]  # the gap that spans `start`
+    for index in range(first_after + 1, len(times)):
+        if times[index - 1] >= end:
+            break  # this gap and the later ones begin after the window
+        gaps.append(times[index] - times[index - 1])
     return max(gaps)
 
 
