@@ -223,11 +223,13 @@ def _target(migrations: Sequence[MigrationResult], changes: Sequence[NetworkChan
             "migration-target", NOT_APPLICABLE, "no network change said where the client went"
         )
     wrong = []
+    matched = 0
     for change in expected:
         caused = [m for m in migrations if m.network_change_at == change.at]
         ip, port = change.expect_ip, change.expect_port
         if not caused or ip is None:
             continue  # no migration: migrations-observed says so
+        matched += 1
         new = caused[0].new_peer
         if new[0] != ip or port not in (None, new[1]):
             where = ip if port is None else _where((ip, port))
@@ -235,12 +237,16 @@ def _target(migrations: Sequence[MigrationResult], changes: Sequence[NetworkChan
                 f"after {change.kind.value} at {change.at:.3f}s the server saw {_where(new)}, "
                 f"the network put the client at {where}"
             )
+    if not matched:
+        return Check(
+            "migration-target", NOT_APPLICABLE, "no migration followed a change that said where"
+        )
     return Check.of(
         "migration-target",
         not wrong,
         "; ".join(wrong)
         or f"the server saw the client where the network put it after each of "
-        f"{_n(len(expected), 'change')}",
+        f"{_n(matched, 'change')}",
     )
 
 
