@@ -97,7 +97,7 @@ class Demo:
         with console.status(f"simulating {scenario.name} …", spinner="dots"):
             obs = observe(scenario, seed=self.seed)
         result = obs.result
-        sim = result.stats.get("simulated_seconds", 0.0)
+        sim = result.stats.get("run_seconds", 0.0)
         console.print(
             f"[dim]Simulated {sim:.2f} s in {result.wall.get('seconds', 0.0):.2f} s of wall "
             f"time (seed {result.seed}); the server's aioquic logged {len(obs.records):,} "
