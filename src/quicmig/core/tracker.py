@@ -207,7 +207,9 @@ class MigrationTracker:
             has_challenge = False
             for frame in packet.frames:
                 kind = frame["frame_type"]
-                if kind == "stream":
+                if kind == "stream" and "offset" in frame:
+                    # A capture's stream frames carry no offsets (capture.analysis): there,
+                    # retransmissions are not counted.
                     self._on_stream_sent(packet.at, frame)
                 elif kind == "path_challenge":
                     has_challenge = True
