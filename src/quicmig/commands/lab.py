@@ -223,7 +223,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def clean_command(args: argparse.Namespace) -> int:
-    system.require()
+    system.require("lab clean")
     done = owners.clean()
     for item in done.removed:
         print(f"🧹 removed {item}")
