@@ -33,6 +33,7 @@ from quicmig.runner import RunOptions, execute
 
 BOUNDED = ["--set", "duration_s=15"]  # every wait of the run ends by then
 HOME, CARRIER = "198.51.100.10", "198.51.100.20"  # the phone topology's NATs' first addresses
+NO_LOSS = "links.cellular.loss_pct=0"
 
 
 def _run(
@@ -140,11 +141,14 @@ def test_the_lab_capture_tells_the_same_story(
 
 @needs_lab
 def test_network_switch_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # A short download: after the switch it goes on at cellular's pace (60 ms, 1 % loss).
-    code, result = _run(tmp_path, "network-switch", "workload.bytes=600000", "timeline.0.at_s=0.3")
+    # Cellular without its 1 % random loss: a lost PATH_CHALLENGE or PATH_RESPONSE would
+    # decide the checks (the element's draws depend on the packets' real timing).
+    code, result = _run(
+        tmp_path, "network-switch", "workload.bytes=1000000", "timeline.0.at_s=0.3", NO_LOSS
+    )
     capsys.readouterr()
     assert result["backend"] == "lab" and code == (0 if result["verdict"] == "passed" else 1)
-    assert result["transfer"]["intact"] and result["transfer"]["bytes"] == 600_000
+    assert result["transfer"]["intact"] and result["transfer"]["bytes"] == 1_000_000
     (change,) = result["network_changes"]
     assert change["kind"] == "interface-switch" and not change["active"]  # the kernel moved it
     assert "client.wifi down" in change["detail"] and change["expect_ip"] == CARRIER
@@ -160,14 +164,14 @@ def test_network_switch_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture
     # Once WiFi was down, the rest went over the cellular link.
     links = result["stats"]["lab"]["links"]
     assert links["cellular"]["down"]["bytes_delivered"] > 0
-    assert links["wifi"]["down"]["bytes_delivered"] < 600_000
+    assert links["wifi"]["down"]["bytes_delivered"] < 1_000_000
     _nothing_left(result)
 
 
 @needs_lab
 def test_address_rebinding_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The carrier NAT re-maps the client onto the next address of its pool."""
-    code, result = _run(tmp_path, "nat-rebinding-addr", "workload.bytes=400000")
+    code, result = _run(tmp_path, "nat-rebinding-addr", "workload.bytes=1000000", NO_LOSS)
     capsys.readouterr()
     assert code == 0 and result["verdict"] == "passed", result["reasons"]
     (change,) = result["network_changes"]

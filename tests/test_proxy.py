@@ -613,7 +613,8 @@ def test_schedule_flags_become_a_timeline_the_proxy_applies() -> None:
 
     # 20 ms each way before the link change, lan (1 ms) after it.
     assert all(out.rtt[n] >= 0.040 - 0.001 for n in sent(0.0, link.at - 0.05))
-    assert all(out.rtt[n] < 0.02 for n in sent(link.at + 0.05, start - 0.01))
+    after = [out.rtt[n] for n in sent(link.at + 0.05, start - 0.01)]
+    assert len(after) >= 10 and statistics.median(after) < 0.015, after  # a loaded loop adds
     # Nothing sent during the blackhole reached the echo; all sent after it came back.
     inside = sent(start, end - 0.01)
     assert len(inside) >= 10 and not set(inside) & out.arrived
