@@ -531,7 +531,7 @@ def test_ctrl_c_during_teardown_waits_until_it_is_done(monkeypatch: pytest.Monke
     main thread blocks to that one, and CPython runs the Python handler all the same.
     """
     prefix = new_prefix()
-    real = build.delete_namespace
+    real = owners.delete_namespace  # what the builder calls (it imports it from there)
     deleted: list[str] = []
     stop = threading.Event()
     bystander = threading.Thread(target=stop.wait, daemon=True)

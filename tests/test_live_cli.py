@@ -120,8 +120,8 @@ def test_unreachable_server_times_out_with_a_clear_message(
 def test_unknown_migration_kind_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["client", "--migrate", "nat-rebinding,teleport"]) == 2
     err = capsys.readouterr().err
-    moves = (EventKind.NAT_REBINDING, EventKind.ADDRESS_REBINDING, EventKind.ADDRESS_CHANGE)
-    moves += (EventKind.INTERFACE_SWITCH, EventKind.CID_ROTATION)
+    moves = [EventKind.NAT_REBINDING, EventKind.ADDRESS_REBINDING, EventKind.ADDRESS_CHANGE]
+    moves += [EventKind.INTERFACE_SWITCH, EventKind.CID_ROTATION]
     assert "'teleport'" in err and all(kind.value in err for kind in moves)
     assert err.count("\n") == 1
 

@@ -8,7 +8,6 @@ server. Every assertion reads the server's tracker.
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Awaitable, Callable
 
 from quicmig.core.datagram import Address
@@ -61,9 +60,7 @@ async def _session(
     return live.server_conn.tracker, refused, client.moves, local
 
 
-def _run(
-    certs: CertPaths, honour: bool
-) -> tuple[MigrationTracker, list[str], list[Move], Address]:
+def _run(certs: CertPaths, honour: bool) -> tuple[MigrationTracker, list[str], list[Move], Address]:
     return asyncio.run(asyncio.wait_for(_session(certs, honour), LIMIT))
 
 
