@@ -159,8 +159,11 @@ def test_network_switch_in_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture
     assert mig["validated_at"] is not None and mig["challenges"] >= 1
     assert not mig["cid_changed"]  # passive: the client did not know, it kept its CID
     checks = {c["name"]: c["state"] for c in result["checks"]}
-    for name in ("paths-validated", "migrations-observed", "challenges-answered"):
+    for name in ("paths-validated", "migrations-observed", "migration-target"):
         assert checks[name] == "passed", name
+    # Stock aioquic's PATH_CHALLENGE may miss its first packet on the new path (a race with
+    # the congestion window): then there is no first-packet challenge to answer.
+    assert checks["challenges-answered"] in ("passed", "not_applicable")
     # Once WiFi was down, the rest went over the cellular link.
     links = result["stats"]["lab"]["links"]
     assert links["cellular"]["down"]["bytes_delivered"] > 0
