@@ -301,7 +301,8 @@ class ServerEndpoint:
         app_factory: AppFactory | None = None,
         connection_class: type[QuicConnection] = QuicConnection,
     ) -> None:
-        """`connection_class`: aioquic's QuicConnection or a subclass (quicmig.aioquic_ext.connection_class picks one)."""
+        """`connection_class`: aioquic's QuicConnection or a subclass (one of quicmig's
+        extensions, chosen by quicmig.aioquic_ext.connection_class)."""
         if not isinstance(configuration.quic_logger, TapLogger):
             raise TypeError("the server configuration needs a TapLogger as quic_logger")
         self.configuration = configuration
