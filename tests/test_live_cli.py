@@ -6,6 +6,7 @@ traceback. Ports are ephemeral; subprocesses are bounded by a watchdog.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -19,9 +20,10 @@ import pytest
 from cryptography import x509
 
 from quicmig.cli import main
+from quicmig.core.results import Result
 from quicmig.errors import InputError
 from quicmig.live.certs import SAN_IPS, CertPaths, check_server_pair, write
-from quicmig.live.client import KINDS
+from quicmig.model.events import EventKind
 
 ROOT = Path(__file__).resolve().parent.parent
 WATCHDOG = 30.0  # seconds: a stuck subprocess is killed
@@ -118,7 +120,10 @@ def test_unreachable_server_times_out_with_a_clear_message(
 def test_unknown_migration_kind_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["client", "--migrate", "nat-rebinding,teleport"]) == 2
     err = capsys.readouterr().err
-    assert "'teleport'" in err and all(kind in err for kind in KINDS)
+    moves = [EventKind.NAT_REBINDING, EventKind.ADDRESS_REBINDING, EventKind.ADDRESS_CHANGE]
+    moves += [EventKind.INTERFACE_SWITCH, EventKind.CID_ROTATION]
+    assert "'teleport'" in err and all(kind.value in err for kind in moves)
+    assert err.count("\n") == 1
 
 
 def test_missing_ca_says_where_it_comes_from(
@@ -221,21 +226,46 @@ def test_seed_scripts_migrate_for_real_and_stop_cleanly_on_ctrl_c(tmp_path: Path
                 str(ROOT / "quic_client.py"),
                 "--port",
                 str(port),
+                # Moves 0.3 s apart: the server validates each new path before the next
+                # move (at --interval 0 the timeline puts every move at the same instant).
                 "--interval",
-                "0",
+                "0.3",
                 "--messages",
                 "1",
+                "--json",
+                "client.json",
             ],
             tmp_path,
         )
         code, out, err = client.finish()
         assert code == 0, out + err  # 0: the server confirmed every migration
+        # Its result: what the client did, and what the server's tracker (fetched over the
+        # connection) saw, each new path exactly where the client's new socket was.
+        result = Result.from_dict(json.loads((tmp_path / "client.json").read_text()))
+        assert [c.kind for c in result.network_changes] == [
+            EventKind.NAT_REBINDING,
+            EventKind.ADDRESS_CHANGE,
+            EventKind.INTERFACE_SWITCH,
+            EventKind.CID_ROTATION,
+        ]
+        paths = result.network_changes[:3]
+        assert [m.new_peer for m in result.migrations] == [
+            (c.expect_ip, c.expect_port) for c in paths
+        ]
+        assert [m.observed.value for m in result.migrations] == [
+            "port_change",
+            "address_change",
+            "address_change",
+        ]
+        # The server's times, put on the client's clock: each migration follows its move.
+        assert [m.network_change_at for m in result.migrations] == [c.at for c in paths]
+        assert all(m.validated_at is not None for m in result.migrations)
+        assert len(result.cid_rotations) == 1 and result.backend == "live"
         # A client interrupted mid-session closes cleanly.
         idle = Process(
             [str(ROOT / "quic_client.py"), "--port", str(port), "--interval", "30"], tmp_path
         )
-        idle.wait_for("Connected from")
-        idle.wait_for("message 2")
+        idle.wait_for(r"connected to 127\.0\.0\.1:\d+ from 127\.0\.0\.1:\d+")
         code, _, err = idle.interrupt()
         assert code == 130 and "Traceback" not in err and "interrupted" in err
     finally:

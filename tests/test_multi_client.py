@@ -10,9 +10,12 @@ import pytest
 from quicmig.core.app import DownloadClient, content
 from quicmig.core.endpoint import ServerConnection
 from quicmig.core.results import Result
+from quicmig.model.events import EventKind
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import Download
-from quicmig.sim.runner import RunOptions, SimClient, Simulation
+from quicmig.model.verdicts import MigrationKind, Verdict
+from quicmig.runner import RunOptions, run
+from quicmig.sim.runner import SimBackend, SimClient, Simulation
 
 REBIND_AT = 0.3  # seconds: both downloads (2 MB at 50 Mbit/s) are still running then
 SIZE = 2_000_000  # bytes per client
@@ -74,8 +77,10 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Simulation, Resu
     path.write_text(SCENARIO)
     scenario = load_scenario(str(path))
     assert [h.name for h in scenario.topology.clients] == ["alice", "bob"]
-    sim = Simulation(scenario, RunOptions(seed=1))
-    return sim, sim.run()
+    built: list[Simulation] = []
+    result = run(scenario, SimBackend(on_built=built.append), RunOptions(seed=1))
+    (sim,) = built
+    return sim, result
 
 
 @pytest.fixture
@@ -107,7 +112,7 @@ def test_each_connection_saw_its_own_port_change(two_clients: Simulation) -> Non
     for client in two_clients.clients:
         tracker = connection_of(two_clients, client).tracker
         (mig,) = tracker.migrations
-        assert mig.kind == "port_change"
+        assert mig.kind is MigrationKind.PORT_CHANGE
         assert mig.old_peer[0] == mig.new_peer[0] == NAT_IP
         assert mig.detected_at >= REBIND_AT
         assert mig.validated_at is not None and mig.validated_at > mig.detected_at
@@ -136,7 +141,15 @@ def test_both_downloads_intact(two_clients: Simulation) -> None:
 
 def test_result_combines_both(finished: tuple[Simulation, Result]) -> None:
     result = finished[1]
-    assert result.verdict.value == "passed", result.reasons
+    assert result.verdict is Verdict.PASSED, result.reasons
     assert result.transfer.bytes == 2 * SIZE
     assert result.transfer.detail["clients"] == [SIZE, SIZE]
-    assert [m.observed for m in result.migrations] == ["port_change", "port_change"]
+    assert [m.observed for m in result.migrations] == [MigrationKind.PORT_CHANGE] * 2
+    # Each migration the judge reports is one the server's trackers saw, and each is put
+    # down to the one rebinding that the network really made.
+    (change,) = result.network_changes
+    assert change.at == REBIND_AT and change.kind is EventKind.NAT_REBINDING
+    assert all(m.network_change_at == REBIND_AT for m in result.migrations)
+    assert {m.new_peer for m in result.migrations} == {
+        t.peer for t in (c.tracker for c in finished[0].server.endpoint.connections)
+    }

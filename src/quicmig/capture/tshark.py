@@ -10,6 +10,7 @@ section 12.2), so the last header form, DCID and packet number are the 1-RTT pac
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -124,6 +125,13 @@ def find_tshark() -> tuple[str, tuple[int, int, int]]:
     exe = shutil.which("tshark")
     if exe is None:
         raise QuicmigError(f"tshark is not installed (quicmig check needs it): {APT_HINT}")
+    return exe, _version(exe)
+
+
+@functools.cache
+def _version(exe: str) -> tuple[int, int, int]:
+    """`exe --version`, asked once per executable: it takes half a second, and one check
+    asks for it once per tshark pass."""
     try:
         proc = subprocess.run(
             [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
@@ -139,7 +147,7 @@ def find_tshark() -> tuple[str, tuple[int, int, int]]:
             f"tshark {'.'.join(map(str, version))} is too old: quicmig check needs "
             f"{'.'.join(map(str, MIN_VERSION))} or newer to decrypt QUIC v1; {APT_HINT}"
         )
-    return exe, version
+    return version
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -30,15 +30,16 @@ DEFAULT_MOVES = "nat-rebinding,network-switch,ip-change"
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "lab",
-        description="Build a network in Linux network namespaces (a client with WiFi and "
-        "cellular veths, a router doing NAT with nftables and conntrack, a server), run the live "
-        "server and client inside it, and move the network under the client mid-transfer: NAT "
-        "rebinding (new port range, conntrack entries deleted), network switch (WiFi link down, "
-        "default route to cellular) and IP change (the interface's address replaced). The client "
-        "never moves its socket: the kernel changes its source address. Reports what the "
-        "server's tracker observed for each. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and "
-        "iproute2, nftables, conntrack (tshark for --pcap). Everything created carries a per-run "
-        "prefix (qm + 6 hex digits) and is removed at the end, on failure and on Ctrl-C.",
+        description="Build the phone topology in Linux network namespaces (a client with WiFi "
+        "and cellular links, each behind its own NAT made with nftables and conntrack, and a "
+        "server; every link shaped by the simulator's link model), run the live server and "
+        "client in it, and move the network under the client mid-transfer: NAT rebinding (new "
+        "port range, conntrack entries deleted), network switch (WiFi link down, default route "
+        "to cellular) and IP change (the interface's address replaced). The client never moves "
+        "its socket: the kernel changes its source address. Reports what the server's tracker "
+        "observed for each. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN), iproute2, "
+        "nftables, conntrack and /dev/net/tun (tshark for --pcap). Everything created carries a "
+        "per-run prefix (qm + 6 hex digits) and is removed at the end, on failure and on Ctrl-C.",
         epilog="examples:\n"
         "  sudo quicmig lab run\n"
         "  sudo quicmig lab run --migrate nat-rebinding,network-switch --download 8M --pcap caps/\n"
@@ -53,9 +54,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Build the namespace network, run the live server and client in it, perform "
         "the migrations at the network level while the client downloads (or between messages) "
         "and report what the server observed. Exit 0 when the server saw every move as "
-        "expected, the interop checks of `quicmig run`/`quicmig check` pass on its record "
-        "(PATH_CHALLENGE in its first packet on each new path, answered; every path "
-        "validated), and the download arrived intact.",
+        "expected and the checks of `quicmig run` pass (the same judge: PATH_CHALLENGE in its "
+        "first packet on each new path, answered; every path validated; the download intact).",
     )
     run.add_argument(
         "--migrate",
@@ -78,13 +78,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=20.0,
         metavar="MBIT",
-        help="bandwidth toward the client, tbf on the router (default 20; 0 = unlimited)",
+        help="rate of both client links, each direction (default 20; 0 = unlimited)",
     )
     run.add_argument(
-        "--delay-ms", type=float, default=0.0, metavar="MS", help="one-way delay (needs netem)"
+        "--delay-ms", type=float, default=0.0, metavar="MS", help="one-way delay, both links"
     )
     run.add_argument(
-        "--loss-pct", type=float, default=0.0, metavar="PCT", help="loss each way (needs netem)"
+        "--loss-pct", type=float, default=0.0, metavar="PCT", help="random loss, each way"
     )
     run.add_argument(
         "--gap",
@@ -223,7 +223,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def clean_command(args: argparse.Namespace) -> int:
-    system.require()
+    system.require("lab clean")
     done = owners.clean()
     for item in done.removed:
         print(f"🧹 removed {item}")

@@ -162,7 +162,8 @@ def control_address(text: str, *, off: bool) -> Address | None:
         if off:
             return None
         raise InputError("--control off: give the running proxy's control ADDR:PORT")
-    address = parse_address(text, "--control", default_host="127.0.0.1")
+    # A proxy may bind any free port (0; its startup line names it), a request needs one.
+    address = parse_address(text, "--control", default_host="127.0.0.1", any_port=off)
     if not is_loopback(address[0]):
         raise InputError(
             f"--control {text}: use a loopback address (127.0.0.1 or ::1): anyone who reaches "

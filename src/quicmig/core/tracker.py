@@ -207,7 +207,9 @@ class MigrationTracker:
             has_challenge = False
             for frame in packet.frames:
                 kind = frame["frame_type"]
-                if kind == "stream":
+                if kind == "stream" and "offset" in frame:
+                    # A capture's stream frames carry no offsets (capture.analysis): there,
+                    # retransmissions are not counted.
                     self._on_stream_sent(packet.at, frame)
                 elif kind == "path_challenge":
                     has_challenge = True
@@ -228,8 +230,6 @@ class MigrationTracker:
 
     def _on_stream_sent(self, at: float, frame: dict[str, Any]) -> None:
         """Count stream bytes sent below the highest offset already sent: retransmissions."""
-        if "offset" not in frame:
-            return  # a capture's record: tshark's fields give no offsets to compare
         offset, stream_id = frame["offset"], frame["stream_id"]
         end = offset + frame["length"]
         highest = self._stream_sent.get(stream_id, 0)
