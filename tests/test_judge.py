@@ -207,3 +207,25 @@ def test_longest_gap(
 ) -> None:
     found = longest_gap(times, start, end, run_end)
     assert found == (pytest.approx(gap) if gap is not None else None)
+
+
+def test_a_return_to_an_address_validated_before_needs_no_new_validation() -> None:
+    """RFC 9000 section 9.3: the server may skip validating an address it validated before
+    (here the handshake's); the RFC 9000 rules accept that, the strict ones do not."""
+    tracker = moved(challenge_first=True, answered=True)
+    tracker.on_packet_received(packet(2.0, OLD, 4))  # back where the handshake was
+    tracker.on_packets_sent([packet(2.0, OLD, 4)])  # no PATH_CHALLENGE this time
+    back = tracker.migrations[-1]
+    assert back.new_peer == OLD and back.known_path and back.validated_at is None
+    again = NetworkChange(1.9, EventKind.NAT_REBINDING, "home", False, "198.51.100.10")
+    result = observe(tracker, REBIND, again)
+    found = states(result)
+    assert found["paths-validated"] is CheckState.PASSED
+    assert "1 validated before" in next(
+        c.detail for c in result.checks if c.name == "paths-validated"
+    )
+    assert found["first-packet-challenge"] is CheckState.FAILED
+    assert (
+        result.verdicts[Rules.RFC9000] is not Verdict.FAILED
+        or found["migrations-observed"] is CheckState.FAILED
+    )

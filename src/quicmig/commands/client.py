@@ -294,8 +294,9 @@ def run(args: argparse.Namespace) -> int:
             )
         moves = [k for k in moves if k not in NEEDS_ADDRESS]
         _say(f"⚠️  one local address only ({addresses[0]}): skipping ip-change, network-switch")
+    # Moves need time between them to be told apart (each new path validated first).
     for name in ("interval", "gap", "timeout"):
-        check_seconds(getattr(args, name), f"--{name}", zero=name != "timeout")
+        check_seconds(getattr(args, name), f"--{name}", zero=name == "gap")
     if args.messages < 0:
         raise InputError(f"--messages {args.messages}: must be 0 or more")
     size = parse_size(args.download) if args.download is not None else None

@@ -69,11 +69,14 @@ def migration_checks(
             checks.append(Check(name, NOT_APPLICABLE, none, rules))
     else:
         validated = sum(m.validated_at is not None for m in migrations)
+        # RFC 9000 section 9.3: an address validated before need not be validated again.
+        known = sum(m.validated_at is None and m.path_known for m in migrations)
         checks.append(
             Check.of(
                 "paths-validated",
-                validated == len(migrations),
-                f"{validated} of {_n(len(migrations), 'new path')} validated by PATH_RESPONSE",
+                validated + known == len(migrations),
+                f"{validated} of {_n(len(migrations), 'new path')} validated by PATH_RESPONSE"
+                + (f", {known} validated before" if known else ""),
             )
         )
         checks.append(
@@ -166,13 +169,21 @@ def _first_packet(observed: Sequence[MigrationResult]) -> Check:
 def _amplification(migrations: Sequence[MigrationResult]) -> Check:
     """RFC 9000 sections 8.1 and 9.3: before validating a new address, at most 3 times the
     bytes received from it go there."""
+    new = [m for m in migrations if not m.path_known]  # a known address has no limit
+    if not new:
+        return Check(
+            "new-path-amplification",
+            NOT_APPLICABLE,
+            "every address moved to was validated before",
+            RFC9000,
+        )
     over = [
         m
-        for m in migrations
+        for m in new
         if m.sent_before_validation > AMPLIFICATION_FACTOR * m.received_before_validation
     ]
-    sent = sum(m.sent_before_validation for m in migrations)
-    got = sum(m.received_before_validation for m in migrations)
+    sent = sum(m.sent_before_validation for m in new)
+    got = sum(m.received_before_validation for m in new)
     if over:
         m = over[0]
         detail = (

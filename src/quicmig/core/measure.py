@@ -76,6 +76,7 @@ def migration_results(
                 sent_before_validation=mig.sent_before_validation,
                 received_before_validation=mig.received_before_validation,
                 sent_to_old_after=mig.sent_to_old_after,
+                path_known=mig.known_path,
             )
         )
     return results

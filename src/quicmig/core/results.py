@@ -113,6 +113,7 @@ class MigrationResult:
     sent_before_validation: int = 0  # bytes to the new address before it was validated
     received_before_validation: int = 0  # bytes from it, in that time
     sent_to_old_after: int = 0  # packets the server still sent to the old address after it
+    path_known: bool = False  # validated before: RFC 9000 section 9.3 lets the server skip it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +137,7 @@ class MigrationResult:
             "sent_before_validation": self.sent_before_validation,
             "received_before_validation": self.received_before_validation,
             "sent_to_old_after": self.sent_to_old_after,
+            "path_known": self.path_known,
         }
 
     @classmethod
@@ -162,6 +164,7 @@ class MigrationResult:
             sent_before_validation=data.get("sent_before_validation", 0),
             received_before_validation=data.get("received_before_validation", 0),
             sent_to_old_after=data.get("sent_to_old_after", 0),
+            path_known=data.get("path_known", False),
         )
 
 

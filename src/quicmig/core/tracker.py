@@ -56,6 +56,9 @@ class ObservedMigration:
     # Packets the server still sent to the old address after this move was detected: a
     # server that never follows the new path keeps doing so.
     sent_to_old_after: int = 0
+    # The server had validated the new address before (the handshake's, or one it moved to
+    # and back from): RFC 9000 section 9.3 lets it skip validating it again.
+    known_path: bool = False
 
     @property
     def kind(self) -> MigrationKind:
@@ -136,6 +139,7 @@ class MigrationTracker:
         self._server_dcid = ""  # the DCID the server last put on a 1-RTT packet
         self._sent_to: set[Address] = set()
         self._challenges: dict[str, Challenge] = {}
+        self.validated: set[Address] = set()  # the handshake's address, and answered ones
         self._stream_sent: dict[int, int] = {}  # stream id -> highest offset sent
 
     # Observer interface (see TapTrace)
@@ -162,9 +166,11 @@ class MigrationTracker:
             challenge = self._challenges.get(frame["data"])
             if challenge is not None and challenge.answered_at is None:
                 challenge.answered_at = packet.at
+                self.validated.add(challenge.peer)
         if packet.packet_type != "1RTT":
             if self.peer is None:
                 self.peer = peer
+                self.validated.add(peer)  # RFC 9000 section 8.1: the handshake validates it
             return
         if is_probing(packet) or packet.number <= self._largest_pn:
             return
@@ -184,6 +190,7 @@ class MigrationTracker:
                     old_dcid=self._dcid,
                     new_dcid=packet.dcid,
                     server_dcid_before=self._server_dcid,
+                    known_path=peer in self.validated,
                 )
             )
             self._sent_to.discard(peer)  # a return to an old address is a new path again
@@ -304,6 +311,7 @@ class MigrationTracker:
                     "sent_before_validation": m.sent_before_validation,
                     "received_before_validation": m.received_before_validation,
                     "sent_to_old_after": m.sent_to_old_after,
+                    "known_path": m.known_path,
                 }
                 for m in self.migrations
             ],
@@ -360,6 +368,7 @@ class MigrationTracker:
                     sent_before_validation=m.get("sent_before_validation", 0),
                     received_before_validation=m.get("received_before_validation", 0),
                     sent_to_old_after=m.get("sent_to_old_after", 0),
+                    known_path=m.get("known_path", False),
                 )
             )
         tracker.cid_rotations = [
