@@ -137,6 +137,10 @@ async def run_server(args: argparse.Namespace, keylog: TextIO | None) -> None:
 # --- client --------------------------------------------------------------------------------
 
 
+class MigrationRefused(QuicmigError):
+    """The client stays where it is (and says why)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     at: float  # seconds since the client started
@@ -214,12 +218,20 @@ class DownloadClient:
 
     async def migrate(self, local_host: str) -> Migration:
         """Send from a new UDP socket (new port; `local_host` may be another address) with a
-        new connection ID: the server sees a new path and validates it (RFC 9000 section 8.2)."""
+        new connection ID: the server sees a new path and validates it (RFC 9000 section 8.2).
+
+        Raises MigrationRefused, staying on the old socket, when the server left no unused
+        connection ID: moving with the old one would link the two paths (section 9.5)."""
         old = self.socket
         assert old is not None
-        self.socket = await open_socket((local_host, 0), self._on_datagram, "qh3 client")
-        self.quic.change_connection_id()
-        move = Migration(self.now(), old.local, self.socket.local, self.received)
+        new = await open_socket((local_host, 0), self._on_datagram, "qh3 client")
+        try:
+            self.quic.change_connection_id()
+        except ValueError as exc:  # qh3: "no unused peer connection ID"
+            new.close()
+            raise MigrationRefused(f"not migrating: {exc} (RFC 9000 section 9.5)") from None
+        self.socket = new
+        move = Migration(self.now(), old.local, new.local, self.received)
         self.migrations.append(move)
         self._transmit()
         old.close()
@@ -326,7 +338,7 @@ async def run_client(args: argparse.Namespace, keylog: TextIO | None) -> int:
     client = DownloadClient(config, server, args.download_dir / name)
     local_host = args.local_host or ("::1" if ":" in server[0] else "127.0.0.1")
     started = time.monotonic()
-    migrate: asyncio.Task[Migration] | None = None
+    migrate: asyncio.Task[None] | None = None
     try:
         await client.start(local_host)
         print(
@@ -354,10 +366,12 @@ async def run_client(args: argparse.Namespace, keylog: TextIO | None) -> int:
     return 0 if client.status == 200 else 1
 
 
-async def _migrate_later(client: DownloadClient, args: argparse.Namespace) -> Migration:
+async def _migrate_later(client: DownloadClient, args: argparse.Namespace) -> None:
     await asyncio.sleep(args.migrate_at_ms / 1000)
-    host = args.migrate_to or (client.local[0])
-    return await client.migrate(host)
+    try:
+        await client.migrate(args.migrate_to or client.local[0])
+    except MigrationRefused as refused:
+        print(str(refused), flush=True)
 
 
 # --- command line --------------------------------------------------------------------------

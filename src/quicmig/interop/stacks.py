@@ -109,6 +109,7 @@ class ClientSpec:
     active_migration: tuple[str, ...] | None  # arguments to migrate by itself; None: cannot
     follows_preferred_address: bool  # moves to a server's preferred address by itself
     verifies_certificate: bool  # checks the server certificate against {ca} or {spki}
+    content_seed: int | None  # the body is content(size, seed) of this seed, not the file's
     notes: str
 
 
@@ -243,9 +244,10 @@ def _client(tree: Tree, path: Path, extra: set[str]) -> ClientSpec:
     active = fields.arguments("active_migration", known, required=False)
     follows = fields.flag("follows_preferred_address", default=False)
     verifies = fields.flag("verifies_certificate", default=True)
+    seed = fields.integer("content_seed")
     notes = fields.text("notes", required=False)
     fields.done()
-    return ClientSpec(launch, protocol, body, pattern, active, follows, verifies, notes)
+    return ClientSpec(launch, protocol, body, pattern, active, follows, verifies, seed, notes)
 
 
 def _launch(fields: _Fields, known: set[str]) -> Launch:
@@ -344,6 +346,12 @@ class _Fields:
             return default
         if not isinstance(value, bool):
             raise self._wrong(key, value, "must be true or false")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self._get(key, False)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self._wrong(key, value, "must be a whole number")
         return value
 
     def regex(self, key: str, required: bool) -> str | None:

@@ -192,7 +192,8 @@ async def run_transfer(plan: Plan) -> Outcome:
         raise InputError(f"{plan.client.name}'s client cannot migrate by itself")
     dirs = _folders(plan.folder)
     body = content(plan.size, BYTES_SEED)
-    expected = hashlib.sha256(body).hexdigest()
+    seed = client_spec.content_seed
+    expected = hashlib.sha256(body if seed is None else content(plan.size, seed)).hexdigest()
     name = file_name(plan.size)
     (dirs["docroot"] / name).write_bytes(body)
     server_keys, client_keys = plan.folder / "server.keys", plan.folder / "client.keys"

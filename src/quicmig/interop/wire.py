@@ -98,23 +98,37 @@ def path_counts(leg: list[QuicDatagram], server: Address) -> list[PathCount]:
 
 
 def rebind_view(
-    leg: list[QuicDatagram], server: Address, old: Address, new: Address, source: str
+    leg: list[QuicDatagram],
+    server: Address,
+    old: Address,
+    new: Address,
+    lo_leg: list[QuicDatagram] | None = None,
 ) -> RebindView:
+    """What the server did after the rebinding `old` -> `new`, from the proxy capture's
+    server leg; with `lo_leg` (a capture on lo) the datagrams sent to the old address, which
+    the proxy never receives once it closed that mapping. Frames are read from the proxy's
+    capture only: on lo, a sender using UDP GSO shows up as one datagram per batch, of which
+    tshark decodes the first packet."""
     first_new = next((d for d in leg if d.src == new and d.dst == server), None)
     to_new = [d for d in leg if d.src == server and d.dst == new]
-    after = first_new.number if first_new is not None else None
+    on_new = [d for d in leg if new in (d.src, d.dst) and d.only_short]
+    first = to_new[0] if to_new else None
+    source = "proxy capture"
+    counted = leg
+    if lo_leg is not None:
+        source = "proxy capture; to the old address: lo capture"
+        counted = lo_leg
+    after = next((d.number for d in counted if d.src == new and d.dst == server), None)
     to_old_after = (
-        sum(1 for d in leg if d.src == server and d.dst == old and d.number > after)
+        sum(1 for d in counted if d.src == server and d.dst == old and d.number > after)
         if after is not None
         else 0
     )
-    on_new = [d for d in leg if new in (d.src, d.dst) and d.only_short]
-    first = to_new[0] if to_new else None
     return RebindView(
         format_address(old),
         format_address(new),
         source,
-        after,
+        first_new.number if first_new is not None else None,
         first.frames if first is not None else None,
         (PATH_CHALLENGE in first.frames) if first is not None else None,
         len(to_new),
@@ -147,13 +161,7 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
     for event in outcome.proxy_events:
         if event.kind == "rebind" and event.old and event.new:
             old, new = _address(event.old), _address(event.new)
-            view = rebind_view(
-                lo if lo is not None else leg,
-                outcome.server_address,
-                old,
-                new,
-                "lo capture" if lo is not None else "proxy capture",
-            )
+            view = rebind_view(leg, outcome.server_address, old, new, lo)
             rebinds.append({**asdict(view), "summary": view.describe()})
     return {
         "server": outcome.server,
