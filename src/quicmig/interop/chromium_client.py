@@ -55,9 +55,8 @@ os.execv(sys.argv[3], sys.argv[3:])
 
 def chromium_flags(args: argparse.Namespace, origin: str, hostname: str) -> list[str]:
     """Headless Chromium (also as root) on QUIC for `origin`, trusting the server's key."""
+    # Chromium 156 follows a server's preferred address by itself (seen on the wire).
     quic_params = [f"allow_port_migration/{'true' if args.allow_port_migration else 'false'}"]
-    if args.allow_server_migration:
-        quic_params.append("allow_server_migration/true")  # follow a preferred address
     flags = [
         "--headless",
         "--no-sandbox",  # as root Chromium refuses to start without it
@@ -276,11 +275,6 @@ def parser() -> argparse.ArgumentParser:
         "--allow-port-migration",
         action="store_true",
         help="let Chromium move to a new local port when the path looks degraded",
-    )
-    top.add_argument(
-        "--allow-server-migration",
-        action="store_true",
-        help="let Chromium move to a server's preferred address",
     )
     return top
 
