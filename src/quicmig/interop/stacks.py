@@ -14,6 +14,7 @@ capability (active migration, preferred address, ...) go, at the end when there 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import re
@@ -296,7 +297,9 @@ class _Fields:
         self.seen.add(key)
         if key not in self.tree:
             if required:
-                raise InputError(f"{self.path}: missing field {self.prefix}{key}")
+                near = difflib.get_close_matches(key, [str(k) for k in self.tree], n=1)
+                typo = f" (there is {self.prefix}{near[0]}: a typo?)" if near else ""
+                raise InputError(f"{self.path}: missing field {self.prefix}{key}{typo}")
             return None
         return self.tree[key]
 
