@@ -54,7 +54,18 @@ class RebindView:
     challenges_to_new: int
     responses_from_new: int
     short_on_new: int
-    undecrypted_on_new: int  # 1-RTT-only datagrams on the new path with no frames decoded
+    undecrypted_to_new: int  # the server's 1-RTT-only datagrams to `new` with no frames decoded
+    undecrypted_from_new: int  # ... the client's from `new`
+
+    @property
+    def undecrypted_on_new(self) -> int:
+        return self.undecrypted_to_new + self.undecrypted_from_new
+
+    @property
+    def decryptable(self) -> bool:
+        """tshark decoded every 1-RTT datagram on the new path: a verdict may rest on frames
+        (else the case is unsupported: tshark 4.0 and zero-length CIDs, see the module)."""
+        return self.undecrypted_on_new == 0
 
     def describe(self) -> str:
         first = "nothing"
@@ -67,8 +78,9 @@ class RebindView:
             f"{self.server_to_old_after} datagrams to the old address after the client's first "
             f"from the new one, {self.server_to_new} to the new one; its first there held "
             f"{first}; {self.challenges_to_new} PATH_CHALLENGE to the new address, "
-            f"{self.responses_from_new} PATH_RESPONSE back; {self.undecrypted_on_new} of "
-            f"{self.short_on_new} 1-RTT datagrams on the new path not decrypted"
+            f"{self.responses_from_new} PATH_RESPONSE back; not decrypted on the new path: "
+            f"{self.undecrypted_to_new} of the server's and {self.undecrypted_from_new} of the "
+            f"client's {self.short_on_new} 1-RTT datagrams"
         )
 
 
@@ -136,7 +148,8 @@ def rebind_view(
         sum(len(d.challenges) for d in to_new),
         sum(len(d.responses) for d in leg if d.src == new and d.dst == server),
         len(on_new),
-        sum(1 for d in on_new if not d.frames),
+        sum(1 for d in on_new if not d.frames and d.src == server),
+        sum(1 for d in on_new if not d.frames and d.dst == server),
     )
 
 
@@ -162,7 +175,9 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
         if event.kind == "rebind" and event.old and event.new:
             old, new = _address(event.old), _address(event.new)
             view = rebind_view(leg, outcome.server_address, old, new, lo)
-            rebinds.append({**asdict(view), "summary": view.describe()})
+            rebinds.append(
+                {**asdict(view), "decryptable": view.decryptable, "summary": view.describe()}
+            )
     return {
         "server": outcome.server,
         "client": outcome.client,
