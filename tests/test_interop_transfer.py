@@ -18,7 +18,7 @@ from quicmig.interop.transfer import Outcome, Plan, run_transfer
 from quicmig.interop.wire import path_counts, rebind_view, server_leg
 from quicmig.live.certs import CertPaths
 
-SIZE = 1_000_000  # bytes
+SIZE = 300_000  # bytes: tshark reads a capture of it in about 2 s
 LIMIT = 40.0  # seconds for one transfer, Chromium's start included
 STACKS = load_stacks()
 
