@@ -153,11 +153,6 @@ def rebind_view(
     )
 
 
-def _address(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def summarize(outcome: Outcome) -> dict[str, Any]:
     """A JSON-ready summary: the body, both exits, per-path counts and each rebinding."""
     warnings: list[str] = []
@@ -173,8 +168,7 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
     rebinds = []
     for event in outcome.proxy_events:
         if event.kind == "rebind" and event.old and event.new:
-            old, new = _address(event.old), _address(event.new)
-            view = rebind_view(leg, outcome.server_address, old, new, lo)
+            view = rebind_view(leg, outcome.server_address, event.old, event.new, lo)
             rebinds.append(
                 {**asdict(view), "decryptable": view.decryptable, "summary": view.describe()}
             )
