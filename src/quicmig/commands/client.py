@@ -96,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--migrate",
         metavar="KIND[,KIND...]",
-        help=f"migrations to perform, in order (default: {DEFAULT_MOVES}; also: address-rebinding)",
+        help=f"migrations to perform, in order (default: {DEFAULT_MOVES}; also: "
+        "address-rebinding; `none`: just the messages or the download)",
     )
     parser.add_argument(
         "--interval",
@@ -282,9 +283,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--addresses: use the same IP version as the server address")
     text = args.migrate if args.migrate is not None else DEFAULT_MOVES
     allowed = (*MOVES, EventKind.ADDRESS_REBINDING)
-    moves = [event_kind(part, "--migrate", allowed) for part in text.split(",") if part.strip()]
-    if not moves:
-        raise InputError(f"--migrate: no migration given; known: {DEFAULT_MOVES}")
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise InputError(f"--migrate: no migration given; known: {DEFAULT_MOVES} (or none)")
+    moves = [] if parts == ["none"] else [event_kind(p, "--migrate", allowed) for p in parts]
     needs_address = [k for k in moves if k in (*NEEDS_ADDRESS, EventKind.ADDRESS_REBINDING)]
     if needs_address and len(addresses) < 2:
         if args.migrate is not None:
@@ -367,8 +369,8 @@ def _report(result: Result) -> None:
     if transfer.workload == "download":
         _say(
             f"{'✅' if transfer.intact else '❌'} Download: {transfer.bytes:,}/"
-            f"{transfer.expected_bytes or 0:,} bytes, SHA-256 "
-            f"{'matches' if transfer.intact else 'DIFFERS from'} what the server says it sent"
+            f"{transfer.expected_bytes or 0:,} bytes, SHA-256 {transfer.sha256 or '-'}, "
+            f"{'as' if transfer.intact else 'NOT as'} the server says it sent"
         )
     console.print(f"Verdict: {verdict_text(result)}")
 
