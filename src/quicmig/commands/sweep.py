@@ -75,7 +75,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="stock, quicmig or stock,quicmig (default: as the scenario's [quic] table says)",
     )
     parser.add_argument(
-        "--backend", choices=BACKENDS, help="network backend (default sim; the only one a sweep runs)"
+        "--backend",
+        choices=BACKENDS,
+        help="network backend (default sim; the only one a sweep runs)",
     )
     parser.add_argument(
         "--engine",
@@ -99,8 +101,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--yes", action="store_true", help="allow a sweep of more than a million runs"
     )
     parser.add_argument(
-        "--csv", type=Path, metavar="FILE", help="report: one row per run and migration "
-        "(default DIR/report.csv)"
+        "--csv",
+        type=Path,
+        metavar="FILE",
+        help="report: one row per run and migration (default DIR/report.csv)",
     )
     parser.add_argument(
         "--plot", type=Path, metavar="FILE", help="report figure (default DIR/report.png)"
@@ -157,7 +161,7 @@ def sweep(args: argparse.Namespace) -> int:
     if spec.runs > MAX_RUNS and not args.yes:
         raise InputError(
             f"{spec.runs:,} runs ({spec.points:,} grid points x {len(spec.stacks)} stacks x "
-            f"{len(spec.seeds)} seeds): over {MAX_RUNS:,}; add --yes if you mean it"
+            f"{len(spec.seeds):,} seeds): over {MAX_RUNS:,}; add --yes if you mean it"
         )
     tasks = spec.expand()
     store = RunStore(args.out)
@@ -167,7 +171,7 @@ def sweep(args: argparse.Namespace) -> int:
     store.claim(spec)
     done = store.done()
     todo = [task for task in tasks if task.id not in done]
-    executed, errors = _execute(console, todo, args, store, len(tasks), len(tasks) - len(todo))
+    errors = _execute(console, todo, args, store, len(tasks), len(tasks) - len(todo))
     if not args.quiet:
         report(args, args.out, console)
     return 1 if errors else 0
@@ -180,8 +184,8 @@ def _execute(
     store: RunStore,
     total: int,
     stored: int,
-) -> tuple[int, int]:
-    """Run `todo`, storing each run as it finishes; returns (executed, errors)."""
+) -> int:
+    """Run `todo`, storing each run as it finishes; returns the number of errors."""
     from quicmig.sweep.engine import map_tasks
 
     started = time.monotonic()
@@ -226,7 +230,7 @@ def _execute(
         f"{rate:.1f} runs/s; {stored} already there)"
         + (f"; [red]{errors} runs raised an error[/red] (see {args.out}/errors/)" if errors else "")
     )
-    return executed, errors
+    return errors
 
 
 def _status(done: int, total: int, executed: int, errors: int, started: float) -> str:
@@ -251,7 +255,9 @@ def dry_run(
     from quicmig.sweep.task import run_task
 
     manifest = store.manifest_or_none()
-    done = store.done() if manifest is not None and manifest["identity"] == spec.identity() else set()
+    done = (
+        store.done() if manifest is not None and manifest["identity"] == spec.identity() else set()
+    )
     todo = [task for task in tasks if task.id not in done]
     seconds = [
         float(run["wall"]["seconds"])
@@ -305,4 +311,3 @@ def report(args: argparse.Namespace, folder: Path, console: Console) -> int:
             console.print(f"[red]error[/red] {line}", markup=True, highlight=False)
     console.print(f"{summary.runs} runs; CSV {csv_path}, figure {plot_path}", markup=False)
     return 0
-

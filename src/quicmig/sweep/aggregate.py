@@ -179,7 +179,7 @@ def _rows(run: dict[str, Any], keys: tuple[str, ...]) -> list[list[Any]]:
     if not migrations:
         return [head + [""] * len(CSV_MIGRATION)]
     return [
-        head + [index, m.get("observed"), *(_blank(m.get(name)) for name in MIGRATION_METRICS)]
+        [*head, index, m.get("observed"), *(_blank(m.get(name)) for name in MIGRATION_METRICS)]
         for index, m in enumerate(migrations)
     ]
 

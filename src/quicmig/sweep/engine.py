@@ -12,12 +12,13 @@ stops the workers: a pool's processes are terminated, a Dask sweep's futures can
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +29,9 @@ from quicmig.sweep.task import Task, VersionMismatch, describe_versions, error_r
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from distributed import Client
-
 ENGINES = ("local", "dask", "serial")
 Outcome = tuple[Task, dict[str, Any]]
-CONNECT_TIMEOUT = 5.0  # seconds to wait for a --scheduler to answer
+CONNECT_TIMEOUT = 3.0  # seconds to wait for a --scheduler to answer
 IN_FLIGHT = 4  # Dask futures submitted per worker thread ahead of the results
 STOP_TIMEOUT = 5.0  # seconds a pool worker gets to exit after being told to
 
@@ -48,7 +47,7 @@ def map_tasks(
     workers: int | None = None,
     scheduler: str | None = None,
     ordered: bool = False,
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Run every task on `engine` and yield (task, record) as runs finish, or in task order
     if `ordered` (what `quicmig run all` wants for its table).
 
@@ -64,7 +63,7 @@ def map_tasks(
     if count < 1:
         raise QuicmigError(f"--workers {count}: must be at least 1")
     if engine == "serial":
-        outcomes: Iterator[Outcome] = ((task, run_task(task)) for task in tasks)
+        outcomes: Generator[Outcome, None, None] = ((task, run_task(task)) for task in tasks)
     elif engine == "local":
         outcomes = _local(tasks, count)
     else:
@@ -74,7 +73,7 @@ def map_tasks(
     return _in_order(tasks, outcomes)
 
 
-def _in_order(tasks: list[Task], outcomes: Iterator[Outcome]) -> Iterator[Outcome]:
+def _in_order(tasks: list[Task], outcomes: Iterator[Outcome]) -> Generator[Outcome, None, None]:
     position = {task.id: index for index, task in enumerate(tasks)}
     waiting: dict[int, Outcome] = {}
     next_index = 0
@@ -126,43 +125,54 @@ def _context() -> Any:
     return context
 
 
-def _local(tasks: Iterable[Task], workers: int) -> Iterator[Outcome]:
+def _local(tasks: Iterable[Task], workers: int) -> Generator[Outcome, None, None]:
     pending = deque(tasks)
     context = _context()
     slots: list[_Slot] = []
     try:
         slots = [_Slot(context) for _ in range(min(workers, len(pending)))]
-        for slot in slots:
-            slot.give(pending.popleft())
-        while any(slot.task is not None for slot in slots):
+        while pending or any(slot.task is not None for slot in slots):
+            for index, slot in enumerate(slots):
+                if slot.task is None and pending:
+                    slots[index] = _give(slot, pending.popleft(), context)
             busy = [slot for slot in slots if slot.task is not None]
-            ready = wait([s.conn for s in busy] + [s.process.sentinel for s in busy])
+            ready = set(wait([s.conn for s in busy] + [s.process.sentinel for s in slots]))
             for index, slot in enumerate(slots):
                 task = slot.task
-                if task is None:
-                    continue
-                if slot.conn in ready:
+                if task is not None and slot.conn in ready:
                     try:
                         record = slot.conn.recv()
-                    except (EOFError, OSError):  # died as it answered: the sentinel says how
+                    except (EOFError, OSError):  # the pipe closed: the worker died
+                        pass
+                    else:
+                        slot.task = None
+                        yield task, record
                         continue
-                    slot.task = None
-                    yield task, record
-                elif slot.process.sentinel in ready:
+                if slot.process.sentinel in ready or (task is not None and slot.conn in ready):
                     slot.process.join()
-                    record = error_record(
-                        task,
-                        f"worker process died (exit code {slot.process.exitcode}) while "
-                        "running this task",
-                    )
                     slot.conn.close()
-                    slot.task = None
-                    slots[index] = slot = _Slot(context)
-                    yield task, record
-                if slot.task is None and pending:
-                    slot.give(pending.popleft())
+                    slots[index] = _Slot(context)
+                    if slot.task is not None:
+                        yield slot.task, _died(slot.task, slot.process.exitcode)
     finally:
         _stop(slots)
+
+
+def _give(slot: _Slot, task: Task, context: Any) -> _Slot:
+    """Hand `task` to `slot`, or to a new worker if that one has died since."""
+    try:
+        slot.give(task)
+        return slot
+    except OSError:
+        slot.process.join()
+        slot.conn.close()
+        fresh = _Slot(context)
+        fresh.give(task)
+        return fresh
+
+
+def _died(task: Task, exitcode: int | None) -> dict[str, Any]:
+    return error_record(task, f"worker process died (exit code {exitcode}) while running this task")
 
 
 def _stop(slots: list[_Slot]) -> None:
@@ -185,15 +195,12 @@ def _stop(slots: list[_Slot]) -> None:
 
 
 @contextlib.contextmanager
-def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
-    """A Client of the scheduler at `scheduler`, or of a LocalCluster of `workers`
-    single-threaded processes that is closed again on exit."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise QuicmigError(
-            "--engine dask needs dask.distributed: pip install 'quicmig[cluster]'"
-        ) from None
+def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
+    """A distributed.Client of the scheduler at `scheduler`, or of a LocalCluster of
+    `workers` single-threaded processes that is closed again on exit."""
+    distributed = _distributed()
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
+
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)
@@ -225,11 +232,27 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         cluster.close()
 
 
-def check_versions(client: Client) -> None:
+def _distributed() -> Any:
+    """The dask.distributed module (an optional dependency: the `cluster` extra)."""
+    try:
+        return importlib.import_module("distributed")
+    except ImportError:
+        raise QuicmigError(
+            "--engine dask needs dask.distributed: pip install 'quicmig[cluster]'"
+        ) from None
+
+
+def worker_versions() -> dict[str, str]:
+    """What a worker reports: a module-level function, so Dask sends it by name and the
+    worker answers with its own installed versions."""
+    return importlib.import_module("quicmig.sweep.task").versions()  # type: ignore[no-any-return]
+
+
+def check_versions(client: Any) -> None:
     """Refuse workers whose quicmig or aioquic differ from this process's (QuicmigError)."""
     here = task_module.versions()
     try:
-        found: dict[str, dict[str, str]] = client.run(task_module.versions)
+        found: dict[str, dict[str, str]] = client.run(worker_versions)
     except ModuleNotFoundError as exc:
         raise QuicmigError(
             f"dask workers cannot import {exc.name}: install quicmig "
@@ -243,14 +266,15 @@ def check_versions(client: Client) -> None:
             )
 
 
-def _dask(tasks: Iterable[Task], workers: int, scheduler: str | None) -> Iterator[Outcome]:
-    from distributed import as_completed
-
+def _dask(
+    tasks: Iterable[Task], workers: int, scheduler: str | None
+) -> Generator[Outcome, None, None]:
+    as_completed = _distributed().as_completed
     with dask_client(workers, scheduler) as client:
         check_versions(client)
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
         queue = iter(tasks)
-        running: dict[str, Task] = {}
+        running: dict[Any, Task] = {}
         futures = as_completed()
 
         def submit() -> None:

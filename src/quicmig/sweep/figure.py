@@ -62,7 +62,9 @@ def plot_summary(
         squeeze=False,
     )
     for col, (fixed, groups) in enumerate(columns.items()):
-        title = ", ".join(f"{short_key(summary.keys[i])}={v}" for i, v in zip(others, fixed, strict=True))
+        title = ", ".join(
+            f"{short_key(summary.keys[i])}={v}" for i, v in zip(others, fixed, strict=True)
+        )
         for row, metric in enumerate(metrics):
             ax = axes[row][col]
             _draw(ax, groups, metric, x_index)
@@ -102,7 +104,9 @@ def _draw(ax: Any, groups: list[Group], metric: str, x_index: int | None) -> Non
         xs = [p[0] for p in points]
         colour = STACK_COLOURS.get(stack)
         ax.plot(xs, [p[1] for p in points], marker="o", markersize=3, label=stack, color=colour)
-        ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points], alpha=0.25, color=colour)
+        ax.fill_between(
+            xs, [p[2] for p in points], [p[3] for p in points], alpha=0.25, color=colour
+        )
 
 
 def short_key(key: str) -> str:

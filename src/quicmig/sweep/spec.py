@@ -181,7 +181,9 @@ def load_sweep_file(target: str) -> SweepSpec:
         raise InputError(f"{target}: expected a [sweep] table")
     extra = sorted(set(table) - set(SWEEP_KEYS))
     if extra:
-        raise InputError(f"{target}: sweep.{extra[0]}: unknown key; allowed: {', '.join(SWEEP_KEYS)}")
+        raise InputError(
+            f"{target}: sweep.{extra[0]}: unknown key; allowed: {', '.join(SWEEP_KEYS)}"
+        )
     scenario = table.get("scenario")
     if not isinstance(scenario, str):
         raise InputError(f"{target}: sweep.scenario: name a built-in scenario or a FILE.toml")

@@ -84,7 +84,9 @@ class RunStore:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: unreadable sweep manifest ({exc}); remove the folder") from None
+            raise InputError(
+                f"{path}: unreadable sweep manifest ({exc}); remove the folder"
+            ) from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise InputError(f"{path}: not a {SCHEMA} manifest")
         return data
