@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from quicmig.sweep.aggregate import METRICS, Estimate, Group, Summary
-from quicmig.sweep.figure import short_key
+
+# metric unit -> (shown unit, factor): times of migrations in ms, completion in s, bytes in kB
+SHOWN: dict[str, tuple[str, float]] = {"s": ("ms", 1e3), "B": ("kB", 1e-3)}
+SHOWN_PER_METRIC = {"completion": ("s", 1.0)}
+HEADERS = {  # short column headers, so that a table fits 132 columns
+    "validation_rtt": "validation",
+    "detection_delay": "detection",
+    "completion": "completed",
+    "retransmitted_bytes": "retransmitted",
+}
 
 
-def _cell(estimate: Estimate, unit: str) -> str:
+def _shown(name: str, unit: str) -> tuple[str, float]:
+    return SHOWN_PER_METRIC.get(name) or SHOWN.get(unit, (unit, 1.0))
+
+
+def _cell(estimate: Estimate, factor: float) -> str:
     if estimate.median is None or estimate.low is None or estimate.high is None:
-        return "-"
-    if unit == "s":
-        text = f"{estimate.median * 1e3:.1f} [{estimate.low * 1e3:.1f}, {estimate.high * 1e3:.1f}]"
-    else:
-        text = f"{estimate.median:,.0f} [{estimate.low:,.0f}, {estimate.high:,.0f}]"
+        return "-" + (f" ({estimate.missing} -)" if estimate.missing else "")
+    low, mid, high = (v * factor for v in (estimate.low, estimate.median, estimate.high))
+    text = f"{mid:.3g} [{low:.3g}, {high:.3g}]" if high > low else f"{mid:.3g}"
     return text + (f" ({estimate.missing} -)" if estimate.missing else "")
 
 
 def _head(table: Table, summary: Summary) -> None:
     for key in summary.keys:
-        table.add_column(short_key(key), justify="right")
-    table.add_column("stack")
-    table.add_column("runs", justify="right")
+        table.add_column(key.rsplit(".", 1)[-1], justify="right", no_wrap=True)
+    table.add_column("stack", no_wrap=True)
+    table.add_column("runs", justify="right", no_wrap=True)
 
 
 def _params(group: Group) -> list[str]:
@@ -35,16 +48,24 @@ def _runs(group: Group) -> str:
 
 def metrics_table(summary: Summary) -> Table:
     table = Table(
-        title="Sweep: medians [bootstrap 95 % interval]; times in ms; (n -): values absent",
+        title=escape(
+            "Sweep: median [bootstrap 95 % interval] (no interval: all values equal); "
+            "(n -): n values absent (not validated, not completed)"
+        ),
         title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     _head(table, summary)
-    table.add_column("passed", justify="right")
-    for label, unit in METRICS.values():
-        table.add_column(f"{label}" + (" (B)" if unit == "B" else ""), justify="right")
+    table.add_column("passed", justify="right", no_wrap=True)
+    for name, (label, unit) in METRICS.items():
+        header = f"{HEADERS.get(name, label)} ({_shown(name, unit)[0]})"
+        table.add_column(header, justify="right")
     for group in summary.groups:
         passed = f"{group.verdicts['passed']}/{group.runs}"
-        cells = [_cell(group.estimate(name), unit) for name, (_, unit) in METRICS.items()]
+        cells = [
+            escape(_cell(group.estimate(name), _shown(name, unit)[1]))
+            for name, (_, unit) in METRICS.items()
+        ]
         table.add_row(*_params(group), passed, *cells)
     return table
 
@@ -53,6 +74,7 @@ def checks_table(summary: Summary) -> Table:
     table = Table(
         title="Checks: passed / judged (unsupported and not applicable are not judged)",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     _head(table, summary)
     for name in summary.check_names:
