@@ -444,7 +444,9 @@ def _fake_run(
     }
 
 
-def test_aggregate_groups_and_rates_on_known_runs(tmp_path: Path) -> None:
+def test_aggregate_groups_and_rates_on_known_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = RunStore(tmp_path)
     store.claim(SweepSpec("nat-rebinding", grid=(("links.wifi.delay_ms", (10, 30)),)))
     runs = [
@@ -477,6 +479,13 @@ def test_aggregate_groups_and_rates_on_known_runs(tmp_path: Path) -> None:
     rows = (tmp_path / "runs.csv").read_text().splitlines()
     assert rows[0].startswith("task,scenario,stack,seed,links.wifi.delay_ms,verdict")
     assert len(rows) == 1 + 2 + 1 + 1 + 1 + 1  # one row per run and migration (at least one)
+    code, _, err = sweep_cli(capsys, "report", str(tmp_path), "--metrics", "rtt")
+    assert (code, err.count("\n")) == (2, 1)
+    assert "--metrics 'rtt': allowed: validation_rtt" in err
+    code, stdout, _ = sweep_cli(capsys, "report", str(tmp_path), "--plot", str(tmp_path / "f.svg"))
+    assert code == 0
+    assert "5 runs; CSV" in stdout
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:500]
 
 
 def test_report_of_a_folder_that_is_no_sweep(

@@ -287,7 +287,7 @@ def dry_run(
 def report(args: argparse.Namespace, folder: Path, console: Console) -> int:
     from quicmig.core.results import check_output_file
     from quicmig.sweep.aggregate import aggregate
-    from quicmig.sweep.figure import DEFAULT_METRICS, plot_summary
+    from quicmig.sweep.figure import DEFAULT_METRICS, check_metrics, plot_summary
     from quicmig.sweep.store import RunStore
     from quicmig.sweep.table import checks_table, metrics_table
 
@@ -300,6 +300,9 @@ def report(args: argparse.Namespace, folder: Path, console: Console) -> int:
     metrics = DEFAULT_METRICS
     if args.metrics:
         metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    check_metrics(metrics)
+    if plot_path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise InputError(f"--plot {plot_path}: use a .png, .svg or .pdf file name")
     summary = aggregate(store, csv_path)
     if not summary.groups:
         raise InputError(f"{folder}: no finished runs yet; run the sweep first")

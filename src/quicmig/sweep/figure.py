@@ -27,6 +27,14 @@ def x_key(summary: Summary, chosen: str | None) -> str | None:
     return summary.keys[0] if summary.keys else None
 
 
+def check_metrics(metrics: tuple[str, ...]) -> None:
+    for name in metrics:
+        if name not in METRICS:
+            raise InputError(f"--metrics {name!r}: allowed: {', '.join(METRICS)}")
+    if not metrics:
+        raise InputError(f"--metrics: name one or more of {', '.join(METRICS)}")
+
+
 def plot_summary(
     summary: Summary,
     path: Path,
@@ -39,9 +47,7 @@ def plot_summary(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for name in metrics:
-        if name not in METRICS:
-            raise InputError(f"metric {name!r}: allowed: {', '.join(METRICS)}")
+    check_metrics(metrics)
     key = x_key(summary, chosen_x)
     x_index = summary.keys.index(key) if key is not None else None
     others = [i for i in range(len(summary.keys)) if i != x_index]
