@@ -9,7 +9,8 @@ from their wall fields. Reported, as medians over the rounds:
   - wall seconds and throughput relative to serial (targets on 2 cores: pool >= 1.8x,
     Dask >= 1.6x including cluster start);
   - per-task overhead of each engine: (workers x wall - sum of the runs' own seconds) / runs,
-    i.e. the time a worker slot spent on anything but simulating, spread over the runs;
+    i.e. the time a worker slot spent on anything but simulating, spread over the runs
+    (also without the start-up);
   - start-up: from the call to the first result, less that run's own seconds.
 Then `quicmig run all` as it is (one process, serial) against the same scenarios on the
 local pool through map_tasks (what `run all` on the pool would cost).
@@ -53,11 +54,13 @@ def one(engine: str, tasks: list[Task], workers: int) -> dict[str, Any]:
         runs[task.id] = {k: v for k, v in record.items() if k != "wall"}
     wall = time.perf_counter() - started
     slots = 1 if engine == "serial" else workers
+    startup = (first or 0.0) - first_own
     return {
         "wall": wall,
         "own": own,
         "overhead": (slots * wall - own) / len(tasks),
-        "startup": (first or 0.0) - first_own,
+        "overhead_after_start": (slots * (wall - startup) - own) / len(tasks),
+        "startup": startup,
         "runs": runs,
     }
 
@@ -109,13 +112,16 @@ def main() -> None:
             "runs_per_s": RUNS / wall,
             "speedup": serial / wall,
             "overhead_per_task_ms": 1e3 * statistics.median(r["overhead"] for r in rows[engine]),
+            "overhead_after_start_ms": 1e3
+            * statistics.median(r["overhead_after_start"] for r in rows[engine]),
             "startup_s": statistics.median(r["startup"] for r in rows[engine]),
             "cpu_per_run_s": statistics.median(r["own"] for r in rows[engine]) / RUNS,
         }
         m = medians[engine]
         print(
             f"{engine:>6}: {m['wall_s']:6.2f} s, {m['runs_per_s']:5.2f} runs/s, "
-            f"{m['speedup']:.2f}x serial; overhead {m['overhead_per_task_ms']:.1f} ms/task, "
+            f"{m['speedup']:.2f}x serial; overhead {m['overhead_per_task_ms']:.1f} ms/task "
+            f"({m['overhead_after_start_ms']:.1f} after start-up), "
             f"start-up {m['startup_s']:.2f} s, {m['cpu_per_run_s']:.3f} s per run"
         )
     if not args.no_run_all:
