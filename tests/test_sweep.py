@@ -261,7 +261,7 @@ def test_ctrl_c_keeps_finished_runs_and_a_rerun_runs_only_the_rest(
     assert len(second) == 60
     assert {name: second[name] for name in first} == first  # finished runs were not redone
     # The report was printed and written: one CSV row per run and migration.
-    assert "Sweep: medians" in stdout
+    assert "Sweep: median [bootstrap 95 % interval]" in stdout
     rows = (out / "report.csv").read_text().splitlines()
     assert len(rows) == 1 + sum(
         max(1, len(json.loads(p.read_text())["migrations"])) for p in (out / "runs").iterdir()
