@@ -40,6 +40,7 @@ ENGINES = ("serial", "local", "dask")
 def one(engine: str, tasks: list[Task], workers: int) -> dict[str, Any]:
     """Run `tasks` on `engine`; wall, the runs' own seconds, start-up, the runs."""
     started = time.perf_counter()
+    cpu = time.process_time()
     first: float | None = None
     runs = {}
     own = 0.0
@@ -53,6 +54,7 @@ def one(engine: str, tasks: list[Task], workers: int) -> dict[str, Any]:
         own += seconds
         runs[task.id] = {k: v for k, v in record.items() if k != "wall"}
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     slots = 1 if engine == "serial" else workers
     startup = (first or 0.0) - first_own
     return {
@@ -61,6 +63,10 @@ def one(engine: str, tasks: list[Task], workers: int) -> dict[str, Any]:
         "overhead": (slots * wall - own) / len(tasks),
         "overhead_after_start": (slots * (wall - startup) - own) / len(tasks),
         "startup": startup,
+        # CPU of this process per run: for local and dask the engine's own cost (the runs
+        # are elsewhere; a LocalCluster's scheduler is in this process), for serial the runs
+        # themselves. Unlike wall time it hardly depends on what else the machine is doing.
+        "main_cpu": cpu / len(tasks),
         "runs": runs,
     }
 
@@ -115,6 +121,7 @@ def main() -> None:
             "overhead_after_start_ms": 1e3
             * statistics.median(r["overhead_after_start"] for r in rows[engine]),
             "startup_s": statistics.median(r["startup"] for r in rows[engine]),
+            "main_cpu_per_task_ms": 1e3 * statistics.median(r["main_cpu"] for r in rows[engine]),
             "cpu_per_run_s": statistics.median(r["own"] for r in rows[engine]) / RUNS,
         }
         m = medians[engine]
@@ -122,7 +129,8 @@ def main() -> None:
             f"{engine:>6}: {m['wall_s']:6.2f} s, {m['runs_per_s']:5.2f} runs/s, "
             f"{m['speedup']:.2f}x serial; overhead {m['overhead_per_task_ms']:.1f} ms/task "
             f"({m['overhead_after_start_ms']:.1f} after start-up), "
-            f"start-up {m['startup_s']:.2f} s, {m['cpu_per_run_s']:.3f} s per run"
+            f"start-up {m['startup_s']:.2f} s, {m['cpu_per_run_s']:.3f} s per run, "
+            f"main-process CPU {m['main_cpu_per_task_ms']:.1f} ms/task"
         )
     if not args.no_run_all:
         serial_cmd = [sys.executable, "-m", "quicmig", "run", "all", "-q"]
