@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "each stack and each seed, on a local process pool (default) or a Dask cluster. One "
         "result JSON per run goes to --out DIR, named by a hash of what the run is: running "
         "the same sweep again runs only what is missing. `quicmig sweep report DIR` groups the "
-        "runs by the swept values and gives pass rates and medians with bootstrap 95 %% "
+        "runs by the swept values and gives pass rates and medians with bootstrap 95 % "
         "intervals (table, CSV, figure). Exit status: 0 every run finished (whatever its "
         "verdict), 1 a run raised an error or the engine failed, 2 usage or input error, "
         "130 interrupted (finished runs are kept).",
