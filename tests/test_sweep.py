@@ -387,6 +387,7 @@ def test_a_scheduler_that_does_not_answer(
     assert code == 1
     assert "--scheduler tcp://127.0.0.1:9: no dask scheduler answered within" in err
     assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing half-made
     assert time.monotonic() - started < 10
 
 

@@ -172,7 +172,7 @@ def sweep(args: argparse.Namespace) -> int:
     done = store.done()
     todo = [task for task in tasks if task.id not in done]
     errors = _execute(console, todo, args, store, len(tasks), len(tasks) - len(todo))
-    if not args.quiet:
+    if not args.quiet and store.done():
         report(args, args.out, console)
     return 1 if errors else 0
 

@@ -27,12 +27,14 @@ class RunStore:
         self.folder = folder
         self.runs = folder / "runs"
         self.errors = folder / "errors"
+        self._manifest: dict[str, Any] | None = None  # written with the first run (claim)
 
     # --- the manifest -----------------------------------------------------------------------
 
     def claim(self, spec: SweepSpec) -> None:
         """Make the folder this sweep's, or refuse one that holds another sweep's runs
-        (InputError): runs of different studies are never mixed."""
+        (InputError): runs of different studies are never mixed. A new folder is made with
+        the first stored run, so a sweep whose engine fails to start leaves nothing."""
         check_output_dir(self.folder, "--out")
         manifest = self.manifest_or_none()
         identity = spec.identity()
@@ -44,11 +46,10 @@ class RunStore:
                 )
         elif manifest.get("identity") != identity:
             raise InputError(f"--out {self.folder}: {self._difference(manifest, spec)}")
-        self.runs.mkdir(parents=True, exist_ok=True)
-        self.errors.mkdir(exist_ok=True)
-        self._remove_partials()
-        if manifest is None:
-            data = {
+        if manifest is not None:
+            self._remove_partials()
+        else:
+            self._manifest = {
                 "schema": SCHEMA,
                 "identity": identity,
                 "scenario": spec.target,
@@ -57,7 +58,13 @@ class RunStore:
                 "backend": spec.backend,
                 "versions": versions(),
             }
-            write_atomically(self.folder / MANIFEST, json.dumps(data, indent=2) + "\n")
+
+    def _create(self) -> None:
+        self.runs.mkdir(parents=True, exist_ok=True)
+        self.errors.mkdir(exist_ok=True)
+        if self._manifest is not None:
+            write_atomically(self.folder / MANIFEST, json.dumps(self._manifest, indent=2) + "\n")
+            self._manifest = None
 
     def _difference(self, manifest: dict[str, Any], spec: SweepSpec) -> str:
         """Why the folder's sweep is another one, in a line."""
@@ -103,7 +110,7 @@ class RunStore:
     def _remove_partials(self) -> None:
         """A temporary file left by a killed sweep (SIGKILL: no cleanup ran) is ours."""
         for folder in (self.runs, self.errors):
-            for stale in folder.glob("*.part"):
+            for stale in folder.glob("*.part") if folder.is_dir() else ():
                 stale.unlink(missing_ok=True)
 
     # --- runs -------------------------------------------------------------------------------
@@ -123,6 +130,8 @@ class RunStore:
         """Store a run (or, with an "error" key, a failed run), atomically."""
         task = record["sweep"]["task"]
         text = json.dumps(record, indent=1) + "\n"
+        if self._manifest is not None or not self.runs.is_dir():
+            self._create()
         if "error" in record:
             write_atomically(self.errors / f"{task}.json", text)
         else:
