@@ -314,15 +314,18 @@ class Result:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so a failure leaves nothing half-written."""
+    """Write `text` to `path` through a temporary file, so a failure leaves nothing half-written
+    (Ctrl-C included: the temporary file goes too)."""
     tmp = path.with_name(path.name + ".part")
     try:
         tmp.write_text(text)
         tmp.replace(path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise QuicmigError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise QuicmigError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 def _writable(directory: Path) -> bool:
