@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quicmig.core.results import (
     RUNS_SCHEMA,
@@ -17,7 +17,7 @@ from quicmig.core.results import (
     check_output_file,
     write_atomically,
 )
-from quicmig.errors import InputError
+from quicmig.errors import InputError, QuicmigError
 from quicmig.model.loader import builtin_names, load_scenario
 from quicmig.model.scenario import STACKS, Scenario
 from quicmig.model.verdicts import Verdict
@@ -26,6 +26,7 @@ from quicmig.runner import RunOptions
 from quicmig.sim.runner import run_scenario
 
 BACKENDS = ("sim", "proxy", "lab")
+INCOMPLETE = "INCOMPLETE"  # in `run all --out DIR` after an interruption: what finished
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -97,6 +98,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="with `all`: write each scenario's JSON and figure here",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with `all`: run on N processes (default: one per core; 1: in this process)",
+    )
+    parser.add_argument(
         "-q",
         "--quiet",
         action="store_true",
@@ -148,24 +155,15 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
         )
     if args.target == "all":
-        for flag in ("pcap", "keylog", "plot", "qlog_dir"):
-            if getattr(args, flag) is not None:
-                raise InputError(
-                    f"--{flag.replace('_', '-')} takes one run; with `all` use --out DIR"
-                )
-        scenarios = [load_scenario(name, args.overrides) for name in builtin_names()]
-    else:
-        if args.out is not None:
-            raise InputError("--out DIR goes with `all`; for one run use --json/--plot/--pcap")
-        scenarios = [load_scenario(args.target, args.overrides)]
+        return _run_all(args, console)
+    if args.out is not None:
+        raise InputError("--out DIR goes with `all`; for one run use --json/--plot/--pcap")
+    scenario = load_scenario(args.target, args.overrides)
     if args.stack is not None:
-        scenarios = [s.with_stack(args.stack) for s in scenarios]
+        scenario = scenario.with_stack(args.stack)
     _check_outputs(args)
-    for folder in (args.qlog_dir, args.out):
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-
-    results: list[Result] = []
+    if args.qlog_dir is not None:
+        args.qlog_dir.mkdir(parents=True, exist_ok=True)
     show_progress = console.is_terminal and not args.quiet
     with Progress(
         TextColumn("{task.description}"),
@@ -176,34 +174,87 @@ def run(args: argparse.Namespace) -> int:
         transient=True,
         disable=not show_progress,
     ) as progress:
-        overall = progress.add_task("scenarios", total=len(scenarios), status="")
-        for scenario in scenarios:
-            task = progress.add_task(scenario.name, total=scenario.duration, status="")
+        task = progress.add_task(scenario.name, total=scenario.duration, status="")
 
-            def tick(now: float, duration: float, task: TaskID = task) -> None:
-                progress.update(task, completed=now, status=f"{now:.2f} s simulated")
+        def tick(now: float, duration: float) -> None:
+            progress.update(task, completed=now, status=f"{now:.2f} s simulated")
 
-            options = RunOptions(
-                seed=args.seed,
-                qlog_dir=args.qlog_dir,
-                pcap=args.pcap,
-                keylog=args.keylog,
-                progress=tick if show_progress else None,
+        options = RunOptions(
+            seed=args.seed,
+            qlog_dir=args.qlog_dir,
+            pcap=args.pcap,
+            keylog=args.keylog,
+            progress=tick if show_progress else None,
+        )
+        result = run_scenario(scenario, options)
+    _report_one(console, scenario, result, args.plot, args.json, args.quiet)
+    if args.json is not None:
+        _dump([result], args.json, args.with_series)
+    return 0 if result.verdict is Verdict.PASSED else 1
+
+
+def _run_all(args: argparse.Namespace, console: Console) -> int:
+    """Every built-in scenario, on the sweep's local process pool (one worker per core, or
+    --workers), shown in their order; with --out, each one's JSON and figure as it ends."""
+    from quicmig.sweep.engine import map_tasks
+    from quicmig.sweep.task import tasks_for
+
+    for flag in ("pcap", "keylog", "plot", "qlog_dir"):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag.replace('_', '-')} takes one run; with `all` use --out DIR")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers}: give 1 or more")
+    _check_outputs(args)
+    names = builtin_names()
+    series = args.out is not None or args.with_series
+    stacks = (args.stack,)
+    tasks = [
+        t
+        for name in names
+        for t in tasks_for(name, tuple(args.overrides), (args.seed,), stacks, series=series)
+    ]
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / INCOMPLETE).unlink(missing_ok=True)
+    results: list[Result] = []
+    show_progress = console.is_terminal and not args.quiet
+    engine = "serial" if args.workers == 1 else "local"
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not show_progress,
+        ) as progress:
+            overall = progress.add_task("scenarios", total=len(tasks))
+            for task, record in map_tasks(tasks, engine, args.workers, ordered=True):
+                if "error" in record:
+                    raise QuicmigError(f"{task.name}: the run failed: {record['error']}")
+                result = Result.from_dict(record)
+                results.append(result)
+                if args.out is not None:
+                    _write_one(result, args.out, args.with_series)
+                progress.advance(overall)
+    except KeyboardInterrupt:
+        if args.out is not None:
+            done = ", ".join(r.scenario for r in results) or "none"
+            write_atomically(
+                args.out / INCOMPLETE,
+                f"interrupted after {len(results)} of {len(tasks)} scenarios: {done}\n",
             )
-            result = run_scenario(scenario, options)
-            progress.remove_task(task)
-            progress.advance(overall)
-            results.append(result)
-            if args.out is not None:
-                _write_one(result, args.out, args.with_series)
-            if len(scenarios) == 1:
-                _report_one(console, scenario, result, args.plot, args.json, args.quiet)
-    if len(scenarios) > 1 and not args.quiet:
+        print(
+            f"quicmig: interrupted after {len(results)} of {len(tasks)} scenarios"
+            + (f"; {args.out} holds theirs and an {INCOMPLETE} note" if args.out else ""),
+            file=sys.stderr,
+        )
+        raise
+    if not args.quiet:
         console.print(summary_table(results))
     if args.json is not None:
         _dump(results, args.json, args.with_series)
-    if len(scenarios) == 1:
-        return 0 if results[0].verdict is Verdict.PASSED else 1
     unexpected = [r.scenario for r in results if not r.as_expected]
     console.print(
         f"{len(results) - len(unexpected)} of {len(results)} scenarios gave their expected verdict"

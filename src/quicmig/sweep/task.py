@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class Task:
     stack: str | None  # None: as the scenario's [quic] table says
     backend: str
     versions: tuple[tuple[str, str], ...]
+    series: bool = False  # keep the time series in the result (figures); not part of `id`
 
     @property
     def stack_label(self) -> str:
@@ -116,10 +117,12 @@ def tasks_for(
     overrides: tuple[str, ...] = (),
     seeds: tuple[int, ...] = (1,),
     stacks: tuple[str | None, ...] = (None,),
+    series: bool = False,
 ) -> list[Task]:
-    """Tasks for one scenario (built-in name or FILE.toml): every stack, every seed. For
-    `quicmig run all`: `[t for name in builtin_names() for t in tasks_for(name, ...)]`."""
-    return make_tasks(read_tree(target), Path(target).stem, overrides, (), seeds, stacks)
+    """Tasks for one scenario (built-in name or FILE.toml): every stack, every seed; with
+    `series`, their results keep the time series (`quicmig run all --out` draws figures)."""
+    tasks = make_tasks(read_tree(target), Path(target).stem, overrides, (), seeds, stacks)
+    return [replace(t, series=True) for t in tasks] if series else tasks
 
 
 def execute(task: Task) -> dict[str, Any]:
@@ -138,7 +141,7 @@ def execute(task: Task) -> dict[str, Any]:
     if task.stack is not None:
         scenario = scenario.with_stack(task.stack)
     result = run_scenario(scenario, RunOptions(seed=task.seed))
-    return {**result.to_dict(), "sweep": sweep_table(task)}
+    return {**result.to_dict(series=task.series), "sweep": sweep_table(task)}
 
 
 def sweep_table(task: Task) -> dict[str, Any]:
