@@ -21,9 +21,20 @@ How datagrams become connections (the heuristic, also in the README):
 
 What a capture cannot show is said, never guessed: the application's bytes (`transfer-intact`
 is not applicable), a connection the key log has no secrets for (named, verdict unsupported),
-and 1-RTT datagrams on a new path that tshark failed to decrypt although it decrypted the
-connection elsewhere (tshark before 4.5 loses some keys after a migration: unsupported, with
-the reason, rather than a false "no migration").
+and 1-RTT datagrams tshark failed to decrypt although it decrypted the connection elsewhere
+(unsupported, with the reason, rather than a false "no migration" or a false "not
+validated"). tshark before 4.5 does so in two ways, both seen with tshark 4.0.17:
+
+- on a new path (another client address, or the server's preferred address): a client with
+  zero-length connection IDs (Chromium) leaves tshark no CID to find the connection by at an
+  address it has not seen, so every datagram the server sends there fails (counted per path
+  and direction: `new-paths-decrypted`);
+- a whole direction of the first path: the server's datagrams to Chromium from aioquic, or
+  everything after a Retry answered with a new ClientHello (tshark keeps the first client
+  random, and the key log's secrets match nothing): `directions-decrypted`.
+
+A datagram of a server's other address (its preferred address, RFC 9000 section 9.6) belongs
+to that server when `group()` is told so (`aliases`); it reaches the tracker with `local` set.
 """
 
 from __future__ import annotations
@@ -42,8 +53,11 @@ from quicmig.model.scenario import Expectation
 
 KEYS_CHECK = "all-connections-decrypted"
 NEW_PATH_CHECK = "new-paths-decrypted"
+DIRECTION_CHECK = "directions-decrypted"
+DECRYPTION_CHECKS = (KEYS_CHECK, NEW_PATH_CHECK, DIRECTION_CHECK)
 NAMED = 3  # undecrypted connections named in a one-line reason; the rest are counted
 LONG_TYPES = {0: "initial", 1: "0RTT", 2: "handshake", 3: "retry"}
+RETRY = 3  # long header packet type
 # RFC 9000 section 19 frame types -> the qlog names aioquic logs (what the tracker reads)
 FRAME_NAMES: dict[int, str] = {
     0x00: "padding",
@@ -78,25 +92,53 @@ UDP_HEADER = 8  # bytes
 
 @dataclass(slots=True)
 class PathUse:
-    """One client address of a connection, as the server side saw it."""
+    """One path of a connection: a client address and the server address it talked to
+    (`local` None: the server's first), as the server side saw it."""
 
     peer: Address
     first_at: float  # seconds since the capture's first QUIC datagram
     last_at: float
+    local: Address | None = None
     datagrams_from: int = 0  # client -> server
     datagrams_to: int = 0  # server -> client
-    undecrypted_from: int = 0  # 1-RTT datagrams from it tshark could not decrypt
+    undecrypted_from: int = 0  # 1-RTT-only datagrams from it tshark could not decrypt
     decrypted_from: int = 0
+    undecrypted_to: int = 0  # ... to it
+    decrypted_to: int = 0
+
+    def where(self) -> str:
+        at = f" at {format_address(self.local)}" if self.local is not None else ""
+        return f"{format_address(self.peer)}{at}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "peer": format_address(self.peer),
+            "server_address": format_address(self.local) if self.local is not None else None,
             "first_at": self.first_at,
             "last_at": self.last_at,
             "datagrams_from": self.datagrams_from,
             "datagrams_to": self.datagrams_to,
             "undecrypted_from": self.undecrypted_from,
+            "undecrypted_to": self.undecrypted_to,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptionGap:
+    """1-RTT datagrams of one path and direction that tshark could not decrypt."""
+
+    connection: int
+    path: PathUse
+    to_client: bool  # the server's datagrams (else the client's)
+    undecrypted: int
+    of: int  # 1-RTT-only datagrams in that direction of that path
+
+    def describe(self) -> str:
+        if self.to_client:
+            what = f"the server sent to {self.path.where()}"
+        else:
+            what = f"{self.path.where()} sent the server"
+        return f"#{self.connection}: {self.undecrypted} of {self.of} datagrams {what}"
 
 
 @dataclass(slots=True)
@@ -107,17 +149,18 @@ class ConnectionView:
     first_at: float
     last_at: float
     datagrams: int = 0
-    paths: dict[Address, PathUse] = field(default_factory=dict)
+    paths: dict[tuple[Address, Address | None], PathUse] = field(default_factory=dict)
     datagrams_1rtt: int = 0  # datagrams holding only a 1-RTT packet
     decrypted: int = 0  # of those, the ones tshark could decrypt
     initial_dcid: str | None = None  # DCID of the client's first packet, in the clear
     client_random: str | None = None  # hex, from the ClientHello: what key logs are keyed by
+    retry: bool = False  # the server sent a Retry (RFC 9000 section 17.2.5)
     tracker: MigrationTracker = field(default_factory=MigrationTracker)
 
-    def path(self, peer: Address, at: float) -> PathUse:
-        use = self.paths.get(peer)
+    def path(self, peer: Address, at: float, local: Address | None = None) -> PathUse:
+        use = self.paths.get((peer, local))
         if use is None:
-            use = self.paths[peer] = PathUse(peer, at, at)
+            use = self.paths[(peer, local)] = PathUse(peer, at, at, local)
         use.last_at = at
         return use
 
@@ -126,18 +169,36 @@ class ConnectionView:
         """It has 1-RTT packets and tshark decrypted none: no secrets for it in the key log."""
         return self.datagrams_1rtt > 0 and self.decrypted == 0
 
-    @property
-    def hidden_paths(self) -> list[PathUse]:
-        """Client addresses whose 1-RTT datagrams all failed to decrypt, in a connection that
-        decrypted elsewhere: a new path tshark lost the keys for."""
+    def new_path_gaps(self) -> list[DecryptionGap]:
+        """In a connection that decrypted, every direction of a path after the first with
+        1-RTT datagrams tshark could not decrypt: what happened there cannot be judged."""
         if self.undecrypted:
             return []
-        return [p for p in self.paths.values() if p.undecrypted_from and not p.decrypted_from]
+        return [gap for path in list(self.paths.values())[1:] for gap in self._gaps(path)]
+
+    def direction_gaps(self) -> list[DecryptionGap]:
+        """A direction of the first path none of whose 1-RTT datagrams decrypted, while the
+        other direction did: tshark lost that direction's keys (a failure of tshark's, not of
+        the endpoints)."""
+        first = next(iter(self.paths.values()), None)
+        if self.undecrypted or first is None:
+            return []
+        return [gap for gap in self._gaps(first) if gap.undecrypted == gap.of]
+
+    def _gaps(self, path: PathUse) -> list[DecryptionGap]:
+        out = []
+        for to_client, bad, good in (
+            (True, path.undecrypted_to, path.decrypted_to),
+            (False, path.undecrypted_from, path.decrypted_from),
+        ):
+            if bad:
+                out.append(DecryptionGap(self.number, path, to_client, bad, bad + good))
+        return out
 
     def describe(self) -> str:
         """The connection by what is visible without its keys, in a few words."""
-        first = next(iter(self.paths), None)
-        client = format_address(first) if first else "?"
+        first = next(iter(self.paths.values()), None)
+        client = format_address(first.peer) if first else "?"
         known = [
             f"{label} {value}"
             for label, value in (
@@ -146,7 +207,8 @@ class ConnectionView:
             )
             if value
         ]
-        more = f", {len(self.paths)} client addresses" if len(self.paths) > 1 else ""
+        peers = {peer for peer, _ in self.paths}
+        more = f", {len(peers)} client addresses" if len(peers) > 1 else ""
         server = format_address(self.server)
         return f"#{self.number} {client} → {server} ({'; '.join(known) or 'no IDs'}{more})"
 
@@ -187,20 +249,25 @@ def _servers(datagrams: list[QuicDatagram], quic_ports: tuple[int, ...]) -> set[
 
 
 def group(
-    datagrams: list[QuicDatagram], quic_ports: tuple[int, ...] = ()
+    datagrams: list[QuicDatagram],
+    quic_ports: tuple[int, ...] = (),
+    aliases: dict[Address, Address] | None = None,
 ) -> list[tuple[ConnectionView, list[tuple[QuicDatagram, bool]]]]:
-    """Split datagrams into connections; each datagram with `True` if the client sent it."""
-    servers = _servers(datagrams, quic_ports)
+    """Split datagrams into connections; each datagram with `True` if the client sent it.
+    `aliases`: another address of a server -> that server (a preferred address, which
+    receives no Initial): its datagrams belong to the server's connections."""
+    aliases = aliases or {}
+    servers = _servers([d for d in datagrams if not {d.src, d.dst} & set(aliases)], quic_ports)
     start = datagrams[0].at if datagrams else 0.0
     views: dict[tuple[Address, int | None], ConnectionView] = {}
     members: dict[int, list[tuple[QuicDatagram, bool]]] = {}
     by_dcid: dict[tuple[Address, str], tuple[Address, int | None]] = {}
     per_server: dict[Address, list[tuple[Address, int | None]]] = {}
     for dgram in datagrams:
-        if dgram.dst in servers:
-            server, from_client = dgram.dst, True
-        elif dgram.src in servers:
-            server, from_client = dgram.src, False
+        if dgram.dst in servers or dgram.dst in aliases:
+            server, from_client = aliases.get(dgram.dst, dgram.dst), True
+        elif dgram.src in servers or dgram.src in aliases:
+            server, from_client = aliases.get(dgram.src, dgram.src), False
         else:
             continue
         key: tuple[Address, int | None] = (server, dgram.connection)
@@ -226,9 +293,12 @@ def group(
     return [(view, members[view.number]) for view in views.values()]
 
 
-def packet_of(dgram: QuicDatagram, at: float, peer: Address) -> Packet:
+def packet_of(
+    dgram: QuicDatagram, at: float, peer: Address, local: Address | None = None
+) -> Packet:
     """A datagram as the tap's packet record: its last packet's type, number and DCID, and
-    every frame tshark decoded in it (PATH_CHALLENGE/RESPONSE with their data)."""
+    every frame tshark decoded in it (PATH_CHALLENGE/RESPONSE with their data); `local`: the
+    server address it reached or left, None for the server's first."""
     challenges, responses = iter(dgram.challenges), iter(dgram.responses)
     frames: list[dict[str, Any]] = []
     for frame_type in dgram.frames:
@@ -252,6 +322,7 @@ def packet_of(dgram: QuicDatagram, at: float, peer: Address) -> Packet:
         dcid=dcid or "",
         frames=tuple(frames),
         length=max(0, dgram.udp_length - UDP_HEADER),
+        local=local,
     )
 
 
@@ -259,8 +330,9 @@ def replay(view: ConnectionView, datagrams: list[tuple[QuicDatagram, bool]], sta
     """Feed one connection's datagrams to its tracker, as the server saw them."""
     for dgram, from_client in datagrams:
         at = dgram.at - start
-        peer = dgram.src if from_client else dgram.dst
-        use = view.path(peer, at)
+        peer, server_side = (dgram.src, dgram.dst) if from_client else (dgram.dst, dgram.src)
+        local = None if server_side == view.server else server_side
+        use = view.path(peer, at, local)
         if dgram.only_short:
             view.datagrams_1rtt += 1
             view.decrypted += dgram.decrypted
@@ -275,9 +347,13 @@ def replay(view: ConnectionView, datagrams: list[tuple[QuicDatagram, bool]], sta
                 view.client_random = dgram.client_random
         else:
             use.datagrams_to += 1
+            view.retry = view.retry or RETRY in dgram.long_types
+            if dgram.only_short:
+                use.decrypted_to += dgram.decrypted
+                use.undecrypted_to += not dgram.decrypted
         if dgram.has_short and not dgram.frames:
             continue  # a 1-RTT packet tshark could not decrypt: nothing to say about it
-        packet = packet_of(dgram, at, peer)
+        packet = packet_of(dgram, at, peer, local)
         if from_client:
             view.tracker.on_packet_received(packet)
         else:
@@ -311,14 +387,8 @@ def analyse(
     for view, members in group(datagrams, quic_ports):
         replay(view, members, start)
         views.append(view)
-    hidden = [v for v in views if v.undecrypted]
     decrypted = [v for v in views if not v.undecrypted]
-    gaps = [(v, p) for v in decrypted for p in v.hidden_paths]
-    problems: list[Check] = []
-    if hidden:
-        problems.append(unsupported(KEYS_CHECK, keys_missing(hidden, len(views))))
-    if gaps:
-        problems.append(unsupported(NEW_PATH_CHECK, undecrypted_paths(gaps, tshark)))
+    problems = decryption_checks(views, tshark)
     observation = Observation(
         backend="capture",
         seed=0,
@@ -349,20 +419,57 @@ def keys_missing(hidden: list[ConnectionView], total: int) -> str:
     if len(hidden) > NAMED:
         named += f"; and {len(hidden) - NAMED} more"
     its = "its" if len(hidden) == 1 else "their"
+    retried = [c for c in hidden if c.retry]
+    retry = (
+        f"; {', '.join(f'#{c.number}' for c in retried)} began with a Retry: tshark before 4.5 "
+        "keeps the client random of the attempt before it, so no secret matches (cut the "
+        "capture at the Retry, e.g. with editcap -r)"
+        if retried
+        else ""
+    )
     return (
         f"key log missing for {len(hidden)} of {total} connections: {named}: {its} 1-RTT "
         f"packets did not decrypt, so {its} migrations cannot be checked; pass a key log "
-        f"holding {its} secrets too (concatenate key logs: cat a.keys b.keys > all.keys)"
+        f"holding {its} secrets too (concatenate key logs: cat a.keys b.keys > all.keys)" + retry
     )
 
 
-def undecrypted_paths(gaps: list[tuple[ConnectionView, PathUse]], tshark: str) -> str:
+def decryption_checks(views: list[ConnectionView], tshark: str) -> list[Check]:
+    """An unsupported check for each way the capture could not be read: connections without
+    secrets, new paths and whole directions tshark did not decrypt (none: all is readable)."""
+    checks = []
+    hidden = [v for v in views if v.undecrypted]
+    if hidden:
+        checks.append(unsupported(KEYS_CHECK, keys_missing(hidden, len(views))))
+    gaps = [gap for v in views for gap in v.new_path_gaps()]
+    if gaps:
+        checks.append(unsupported(NEW_PATH_CHECK, undecrypted_paths(gaps, tshark)))
+    lost = [gap for v in views for gap in v.direction_gaps()]
+    if lost:
+        checks.append(unsupported(DIRECTION_CHECK, undecrypted_directions(lost, tshark)))
+    return checks
+
+
+def _listed(gaps: list[DecryptionGap]) -> str:
+    named = "; ".join(gap.describe() for gap in gaps[:NAMED])
+    return named + (f"; and {len(gaps) - NAMED} more" if len(gaps) > NAMED else "")
+
+
+def undecrypted_paths(gaps: list[DecryptionGap], tshark: str) -> str:
     """One line for new paths whose 1-RTT datagrams tshark could not decrypt."""
-    where = "; ".join(
-        f"#{v.number}: {p.undecrypted_from} from {format_address(p.peer)}" for v, p in gaps[:NAMED]
-    )
     return (
-        f"1-RTT datagrams on a new path did not decrypt ({where}) although the rest of the "
-        f"connection did: tshark {tshark} loses keys after some migrations (Wireshark 4.5 "
-        "fixed it), so what happened on that path cannot be judged"
+        f"1-RTT datagrams on a new path did not decrypt ({_listed(gaps)}) although the rest "
+        f"of the connection did: tshark {tshark} loses keys after some migrations (Wireshark "
+        "4.5 fixed it; with zero-length connection IDs it cannot find the connection at a new "
+        "address), so what happened on that path cannot be judged"
+    )
+
+
+def undecrypted_directions(gaps: list[DecryptionGap], tshark: str) -> str:
+    """One line for directions of which tshark decrypted no 1-RTT datagram at all."""
+    return (
+        f"no 1-RTT datagram of one direction decrypted ({_listed(gaps)}) although the other "
+        f"direction did: tshark {tshark} lost that direction's keys (seen after a Retry "
+        "answered with a new ClientHello, and for aioquic's datagrams to Chromium), so the "
+        "migration checks cannot be judged from this capture"
     )

@@ -13,8 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quicmig.capture.analysis import (
-    KEYS_CHECK,
-    NEW_PATH_CHECK,
+    DECRYPTION_CHECKS,
     ConnectionView,
     analyse,
     capture_expectations,
@@ -148,7 +147,7 @@ def print_report(console: Console, result: Result, views: list[ConnectionView]) 
         f"tshark {stats['tshark']}; times from the first QUIC datagram"
     )
     for check in result.checks:
-        if check.name in (KEYS_CHECK, NEW_PATH_CHECK):
+        if check.name in DECRYPTION_CHECKS:
             # One line, not wrapped: it names what to fix.
             console.print(f"[bold yellow]⚠ {escape(check.detail)}[/bold yellow]", soft_wrap=True)
     paths = Table(title="Paths (client addresses seen on each server)", title_justify="left")

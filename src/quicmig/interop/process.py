@@ -305,19 +305,33 @@ def _socket_inodes(pids: list[int]) -> set[int]:
     return inodes
 
 
-def bound_udp_ports(pids: list[int]) -> set[int]:
-    """UDP ports (IPv4 and IPv6) bound by sockets that one of `pids` holds open."""
-    inodes = _socket_inodes(pids)
-    ports = set()
-    for table in ("udp", "udp6"):
+def _namespaces(pids: list[int]) -> dict[str, int]:
+    """One pid per network namespace among `pids` (a process run with `ip netns exec`
+    sees its namespace's sockets in /proc/PID/net, not in this process's /proc/net)."""
+    seen: dict[str, int] = {}
+    for pid in pids:
         try:
-            lines = (PROC / "net" / table).read_text().splitlines()[1:]
+            seen.setdefault(os.readlink(PROC / str(pid) / "ns" / "net"), pid)
         except OSError:
             continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and int(cols[9]) in inodes:
-                ports.add(int(cols[1].rpartition(":")[2], 16))
+    return seen
+
+
+def bound_udp_ports(pids: list[int]) -> set[int]:
+    """UDP ports (IPv4 and IPv6) bound by sockets that one of `pids` holds open, in
+    whichever network namespace it runs."""
+    inodes = _socket_inodes(pids)
+    ports = set()
+    for pid in _namespaces(pids).values():
+        for table in ("udp", "udp6"):
+            try:
+                lines = (PROC / str(pid) / "net" / table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                cols = line.split()
+                if len(cols) > 9 and int(cols[9]) in inodes:
+                    ports.add(int(cols[1].rpartition(":")[2], 16))
     return ports
 
 

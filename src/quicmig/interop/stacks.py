@@ -64,6 +64,7 @@ CLIENT_PLACEHOLDERS = {
     "spki": "base64 SHA-256 of the server certificate's public key (Chromium's SPKI list)",
     "download_dir": "the directory to save the downloaded file in (it exists, empty)",
     "migrate_at_ms": "milliseconds after the handshake to migrate at (active migration)",
+    "local_addresses": "the client's own addresses, comma-separated (it starts from the first)",
 }
 URL_PLACEHOLDERS = {
     "server_name": COMMON_PLACEHOLDERS["server_name"],
@@ -97,6 +98,7 @@ class ServerSpec:
     path: str  # URL path of the served file (template: {size}, {file})
     preferred_address: tuple[str, ...] | None  # arguments to offer one; None: cannot
     disable_active_migration: tuple[str, ...] | None  # arguments to send it; None: cannot
+    sends_disable_active_migration: bool  # on every connection, unasked (quic-go 0.29)
     tcp: bool  # also listens on TCP at the same port (its port must be free for both)
     notes: str
 
@@ -111,6 +113,9 @@ class ClientSpec:
     follows_preferred_address: bool  # moves to a server's preferred address by itself
     verifies_certificate: bool  # checks the server certificate against {ca} or {spki}
     content_seed: int | None  # the body is content(size, seed) of this seed, not the file's
+    # The exit status with which the client says that its own checks of the run failed (not
+    # a crash): the run is judged from the capture and the body as for any client.
+    verdict_exit_status: int | None
     notes: str
 
 
@@ -227,10 +232,11 @@ def _server(tree: Tree, path: Path, extra: set[str]) -> ServerSpec:
         raise InputError(f"{path}: server.path {url_path!r} must start with /")
     preferred = fields.arguments("preferred_address", known, required=False)
     disable = fields.arguments("disable_active_migration", known, required=False)
+    always = fields.flag("sends_disable_active_migration", default=False)
     tcp = fields.flag("tcp", default=False)
     notes = fields.text("notes", required=False)
     fields.done()
-    return ServerSpec(launch, protocols, url_path, preferred, disable, tcp, notes)
+    return ServerSpec(launch, protocols, url_path, preferred, disable, always, tcp, notes)
 
 
 def _client(tree: Tree, path: Path, extra: set[str]) -> ClientSpec:
@@ -246,9 +252,14 @@ def _client(tree: Tree, path: Path, extra: set[str]) -> ClientSpec:
     follows = fields.flag("follows_preferred_address", default=False)
     verifies = fields.flag("verifies_certificate", default=True)
     seed = fields.integer("content_seed")
+    verdict_exit = fields.integer("verdict_exit_status")
+    if verdict_exit == 0:
+        raise InputError(f"{path}: client.verdict_exit_status = 0: 0 is success; give the other")
     notes = fields.text("notes", required=False)
     fields.done()
-    return ClientSpec(launch, protocol, body, pattern, active, follows, verifies, seed, notes)
+    return ClientSpec(
+        launch, protocol, body, pattern, active, follows, verifies, seed, verdict_exit, notes
+    )
 
 
 def _launch(fields: _Fields, known: set[str]) -> Launch:

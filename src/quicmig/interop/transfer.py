@@ -64,6 +64,7 @@ DEFAULT_TIMEOUT = 30.0  # seconds for the client's whole download
 DATAGRAM_BODY = 1200  # bytes of body per datagram, roughly: for a rebinding's progress point
 WATCH = 0.01  # seconds between looks at the proxy's counters
 DUMPCAP_START = 1.0  # seconds for dumpcap to open the interface
+LOCAL_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # a client on loopback may move between these
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +139,13 @@ def file_name(size: int) -> str:
     return f"file-{size}.bin"  # .bin: application/octet-stream, a download for Chromium
 
 
-def _environment(env: tuple[tuple[str, str], ...], values: Mapping[str, str]) -> dict[str, str]:
+def environment(env: tuple[tuple[str, str], ...], values: Mapping[str, str]) -> dict[str, str]:
     out = {key: value for key, value in os.environ.items() if key != "SSLKEYLOGFILE"}
     out.update({key: render(template, values) for key, template in env})
     return out
 
 
-def _write_files(
-    files: tuple[tuple[str, str], ...], values: Mapping[str, str], where: Path
-) -> None:
+def write_files(files: tuple[tuple[str, str], ...], values: Mapping[str, str], where: Path) -> None:
     for name, template in files:
         (where / name).write_text(render(template, values, json_strings=name.endswith(".json")))
 
@@ -170,7 +169,7 @@ def check_pair(server: Stack, client: Stack) -> tuple[ServerSpec, ClientSpec]:
     return server.server, client.client
 
 
-def _folders(root: Path) -> dict[str, Path]:
+def folders(root: Path) -> dict[str, Path]:
     names = {
         "server": root / "server",
         "docroot": root / "server" / "docroot",
@@ -190,7 +189,7 @@ async def run_transfer(plan: Plan) -> Outcome:
     server_spec, client_spec = check_pair(plan.server, plan.client)
     if plan.migrate_at_ms is not None and client_spec.active_migration is None:
         raise InputError(f"{plan.client.name}'s client cannot migrate by itself")
-    dirs = _folders(plan.folder)
+    dirs = folders(plan.folder)
     body = content(plan.size, BYTES_SEED)
     seed = client_spec.content_seed
     expected = hashlib.sha256(body if seed is None else content(plan.size, seed)).hexdigest()
@@ -207,13 +206,14 @@ async def run_transfer(plan: Plan) -> Outcome:
         "size": str(plan.size),
         "file": name,
         "timeout": str(max(1, round(plan.timeout))),
+        "local_addresses": ",".join(LOCAL_ADDRESSES),
         **dict(plan.server.values),
         **plan.values,
     }
     port = free_port(plan.host, tcp=server_spec.tcp)
     server_values = {
         **common,
-        "program": _program(plan.server, "server"),
+        "program": program_of(plan.server, "server"),
         "workdir": str(dirs["server"]),
         "keylog": str(server_keys),
         "qlog_dir": str(dirs["server_qlog"]),
@@ -221,7 +221,7 @@ async def run_transfer(plan: Plan) -> Outcome:
         "port": str(port),
         "docroot": str(dirs["docroot"]),
     }
-    _write_files(server_spec.launch.files, server_values, dirs["server"])
+    write_files(server_spec.launch.files, server_values, dirs["server"])
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         lo_pcap = None
@@ -231,7 +231,7 @@ async def run_transfer(plan: Plan) -> Outcome:
         server = Endpoint(
             f"{plan.server.name} server",
             command_line(server_spec.launch, server_values, plan.server_options),
-            env=_environment(server_spec.launch.env, server_values),
+            env=environment(server_spec.launch.env, server_values),
             cwd=dirs["server"],
             log=plan.folder / "server.log",
         )
@@ -244,7 +244,7 @@ async def run_transfer(plan: Plan) -> Outcome:
             ProxyConfig(
                 listen=(plan.host, 0), upstream=(plan.host, port), profile=profile, pcap=pcap
             ),
-            log=_appender(plan.folder / "proxy.log"),
+            log=appender(plan.folder / "proxy.log"),
         )
         await stack.enter_async_context(proxy)
         proxy_host, proxy_port = proxy.local
@@ -253,7 +253,7 @@ async def run_transfer(plan: Plan) -> Outcome:
         )
         client_values = {
             **common,
-            "program": _program(plan.client, "client"),
+            "program": program_of(plan.client, "client"),
             "workdir": str(dirs["client"]),
             "keylog": str(client_keys),
             "qlog_dir": str(dirs["client_qlog"]),
@@ -267,7 +267,7 @@ async def run_transfer(plan: Plan) -> Outcome:
         client = Endpoint(
             f"{plan.client.name} client",
             command_line(client_spec.launch, client_values, _client_options(plan, client_spec)),
-            env=_environment(client_spec.launch.env, client_values),
+            env=environment(client_spec.launch.env, client_values),
             cwd=dirs["client"],
             log=plan.folder / "client.log",
         )
@@ -285,8 +285,8 @@ async def run_transfer(plan: Plan) -> Outcome:
         seconds = time.monotonic() - started
         await proxy.aclose()
         server_exit = await server.stop()
-    keylog = _merge_keys(plan.folder / "keys.log", [server_keys, client_keys])
-    received_sha256, received_bytes = _received(client_spec, dirs["download"], client_exit)
+    keylog = merge_keys(plan.folder / "keys.log", [server_keys, client_keys])
+    received_sha256, received_bytes = received_body(client_spec, dirs["download"], client_exit)
     return Outcome(
         plan.server.name,
         plan.client.name,
@@ -317,13 +317,13 @@ def _client_options(plan: Plan, spec: ClientSpec) -> tuple[str, ...]:
     return spec.active_migration or ()
 
 
-def _program(stack: Stack, role: str) -> str:
+def program_of(stack: Stack, role: str) -> str:
     program = resolve_program(stack.spec(role).launch)
     assert program is not None  # check_pair() refused missing programs
     return program
 
 
-def _appender(path: Path) -> Callable[[str], None]:
+def appender(path: Path) -> Callable[[str], None]:
     def log(line: str) -> None:
         with path.open("a") as out:
             out.write(line + "\n")
@@ -369,7 +369,7 @@ async def _dumpcap(port: int, out: Path, log: Path) -> AsyncIterator[None]:
         yield
 
 
-def _merge_keys(out: Path, logs: list[Path]) -> Path:
+def merge_keys(out: Path, logs: list[Path]) -> Path:
     lines: dict[str, None] = {}
     for path in logs:
         if path.is_file():
@@ -380,7 +380,7 @@ def _merge_keys(out: Path, logs: list[Path]) -> Path:
     return out
 
 
-def _received(
+def received_body(
     spec: ClientSpec, download: Path, exit: EndpointExit
 ) -> tuple[str | None, int | None]:
     if spec.body == "download_dir":
@@ -394,7 +394,11 @@ def _received(
     assert spec.sha256_pattern is not None
     text = exit.log.read_text(errors="replace") if exit.log.is_file() else ""
     matches = list(re.finditer(spec.sha256_pattern, text))
-    return (matches[-1]["sha256"] if matches else None), None
+    if not matches:
+        return None, None
+    last = matches[-1]
+    count = last.groupdict().get("bytes")
+    return last["sha256"], int(count.replace(",", "")) if count else None
 
 
 # --- command line (for trying a pair by hand) ----------------------------------------------

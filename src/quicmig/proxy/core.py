@@ -3,8 +3,10 @@
 Client datagrams arrive on the listen socket and leave towards the upstream server from one
 socket per client (the "NAT mapping"). A rebinding replaces that socket with a new one: a new
 source port, or with rebind addresses the next loopback address, exactly what a NAT that
-forgot its mapping does; the old socket is closed, so the server's answers to it are lost
-until the client's next packet reaches the server from the new port (RFC 9000 section 9.3).
+forgot its mapping does. The old socket stays open for RETIRED_LINGER seconds and drops what
+the server still sends to it, as quic-interop-runner's NAT drops it (no ICMP port
+unreachable tells the server), and the capture records each such datagram: a server that
+never follows the client's new port is seen sending to the old one (RFC 9000 section 9.3).
 
 Impairments are the simulator's: one `sim.link.Pipe` per direction (delay, jitter, random and
 Gilbert-Elliott loss, rate with a drop-tail queue), driven by the event loop's clock in
@@ -39,6 +41,7 @@ from quicmig.sim.link import Pipe
 
 Log = Callable[[str], None]
 DEFAULT_UPSTREAM_TIMEOUT = 5.0  # seconds without any answer from the upstream: give up
+RETIRED_LINGER = 30.0  # seconds a mapping's old socket keeps dropping after a rebinding
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class ProxyStats:
     to_upstream: int = 0
     to_client: int = 0
     blackholed: int = 0
-    late: int = 0  # answers to a closed mapping (after a rebinding): dropped
+    late: int = 0  # upstream datagrams to a retired mapping (after a rebinding): dropped
 
 
 def is_loopback(host: str) -> bool:
@@ -256,7 +259,7 @@ class Proxy:
         out = []
         for session in list(self.sessions.values()):
             old = session.socket.local if session.socket is not None else None
-            session.close()
+            self._retire(session)
             session.source_index = self._next_source
             new = await session.open()
             out.append(
@@ -274,6 +277,30 @@ class Proxy:
                 )
             )
         return out
+
+    def _retire(self, session: Session) -> None:
+        """Take the session's socket out of service without closing it: what the upstream
+        still sends there is captured and dropped (counted in `stats.late`), like a NAT that
+        forgot the mapping; closing it would make the kernel answer with ICMP port
+        unreachable, which tells the server more than the interop runner's NAT does."""
+        retired = session.socket
+        session.socket = None
+        if retired is None:
+            return
+        local = retired.local
+
+        def dropped(data: bytes, addr: Address) -> None:
+            self.stats.late += 1
+            self._write(addr, local, data)
+
+        retired.on_datagram = dropped
+        self._tasks.append(asyncio.ensure_future(self._close_later(retired)))
+
+    async def _close_later(self, retired: UpstreamSocket) -> None:
+        try:
+            await asyncio.sleep(RETIRED_LINGER)
+        finally:  # also when the proxy closes first (its tasks are cancelled)
+            retired.close()
 
     def set_profile(self, profile: LinkProfile, name: str) -> ProxyEvent:
         """Both directions take `profile` (called `name`: wifi, cellular, ...) from now on."""
