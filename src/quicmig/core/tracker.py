@@ -182,6 +182,10 @@ class MigrationTracker:
             if use is not None and use.moved_at is None:
                 use.moved_at = packet.at
         if self.peer is not None and peer != self.peer:
+            known = peer in self.validated
+            # RFC 9000 section 8.1 limits what goes to an unvalidated *address*: what came
+            # from it and went to it before this non-probing packet (a client that probes
+            # the new path first, RFC 9000 section 9.1) counts too.
             self.migrations.append(
                 ObservedMigration(
                     detected_at=packet.at,
@@ -190,7 +194,11 @@ class MigrationTracker:
                     old_dcid=self._dcid,
                     new_dcid=packet.dcid,
                     server_dcid_before=self._server_dcid,
-                    known_path=peer in self.validated,
+                    sent_before_validation=0 if known else self.datagrams_to.get(peer, 0),
+                    received_before_validation=(
+                        0 if known else self.datagrams_from[peer] - packet.length
+                    ),
+                    known_path=known,
                 )
             )
             self._sent_to.discard(peer)  # a return to an old address is a new path again
