@@ -55,14 +55,16 @@ def test_shipped_stacks_load_with_their_roles_and_capabilities() -> None:
     assert set(stacks) == SHIPPED
     assert stacks["caddy"].roles == ("server",)
     assert stacks["chromium"].roles == ("client",)
-    for name in ("quicmig", "quicmig-ext", "ngtcp2", "qh3"):
+    for name in ("quicmig", "ngtcp2", "qh3"):
         assert stacks[name].roles == ("server", "client")
+    assert stacks["quicmig-ext"].roles == ("server",)  # the same client as quicmig's
     # What each can do, as the files say it (NOTES-interop.md has the evidence).
     ngtcp2, qh3, caddy = stacks["ngtcp2"], stacks["qh3"], stacks["caddy"]
     assert ngtcp2.server is not None and ngtcp2.server.preferred_address is not None
     assert ngtcp2.server.disable_active_migration is None
     assert qh3.server is not None and qh3.server.preferred_address is None
     assert caddy.server is not None and caddy.server.tcp
+    assert caddy.server.sends_disable_active_migration and caddy.server.preferred_address is None
     assert stacks["quicmig"].client is not None and stacks["quicmig"].client.protocol == "quicmig"
     assert dict(stacks["quicmig-ext"].values) == {"stack": "quicmig"}
     assert dict(stacks["quicmig"].values) == {"stack": "stock"}

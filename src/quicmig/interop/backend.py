@@ -111,8 +111,10 @@ class StackDriver:
         if is_client_move(event):
             spec = client.client
             if spec is None or spec.active_migration is None:
-                why = f" ({spec.notes})" if spec is not None and spec.notes else ""
-                return f"the {client.name} client cannot migrate by itself{why}"
+                return (
+                    f"the {client.name} client cannot migrate by itself (its stack file "
+                    "gives no client.active_migration arguments)"
+                )
             scenario = self.backend.scenario
             asked = scenario is not None and scenario.server.disable_active_migration
             always = server.server is not None and server.server.sends_disable_active_migration
@@ -233,6 +235,7 @@ class _Run:
         self.epoch_zero = 0.0
         self.run_end = 0.0
         self.exits: dict[str, EndpointExit] = {}
+        self.move_arguments = ""  # what the client was given to migrate by itself
 
     def clock(self) -> float:
         assert self.zero is not None
@@ -381,6 +384,7 @@ class _Run:
             "local_addresses": ",".join(self.network.local_addresses()),
         }
         options = (spec.active_migration or ()) if self.moves else ()
+        self.move_arguments = " ".join(render(option, values) for option in options)
         return Endpoint(
             f"{self.backend.client_stack.name} client",
             self.network.wrap(command_line(spec.launch, values, options), "client"),
@@ -526,7 +530,7 @@ class _Run:
         sources = side.sources if side is not None else []
         moved = sources[1:]
         for event in self.moves:
-            how = " ".join(self.client_spec.active_migration or ())
+            how = self.move_arguments
             name = self.backend.client_stack.name
             if moved:
                 at, new = moved.pop(0)

@@ -134,21 +134,22 @@ def is_retry(payload: bytes) -> bool:
 
 
 def after_retry(records: Sequence[Record], server: Address) -> int:
-    """How many records precede the server's Retry, with it (0: there was none before the
-    handshake). RFC 9000 section 17.2.5: the client answers a Retry with a new Initial,
+    """How many records precede the server's last Retry, with it (0: there was none before
+    the handshake). RFC 9000 section 17.2.5: the client answers a Retry with a new Initial,
     whose ClientHello has a new random; tshark 4.0 takes it for a retransmission of the
     first, keeps that attempt's random and finds no secret for it. The attempt before the
     Retry holds nothing the tracker reads, so the capture is read from after it."""
+    cut = 0
     for index, record in enumerate(records):
         header = udp_header(record.ip)
         if header is None or header.src != server:
             continue
         payload = record.ip[len(record.ip) - header.payload :]
         if is_retry(payload):
-            return index + 1
-        if payload and not payload[0] & 0x80:
-            return 0  # a short header: the handshake is over, no Retry came
-    return 0
+            cut = index + 1  # one Retry per Initial datagram of a long ClientHello: the last
+        elif payload and not payload[0] & 0x80:
+            break  # a short header: the handshake is over
+    return cut
 
 
 def client_side(

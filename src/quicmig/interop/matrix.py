@@ -48,6 +48,20 @@ TESTS: dict[str, str] = {
     "rebind-idle": "rebind-idle",
     "disable-migration": "disable-migration",
 }
+# The checks that tell each test's story, first among a cell's reasons.
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "transfer": ("transfer-intact", "handshake", "client-exit"),
+    "rebind-port": ("first-packet-challenge", "paths-validated", "challenges-answered"),
+    "rebind-addr": ("first-packet-challenge", "paths-validated", "challenges-answered"),
+    "connectionmigration": ("preferred-address-used", "connectionmigration"),
+    "active-migration": ("migrations-observed", "paths-validated", "first-packet-challenge"),
+    "rebind-idle": ("transfer-intact", "migrations-observed", "paths-validated"),
+    "disable-migration": ("disable-active-migration-honoured", "transfer-intact"),
+}
+# seconds with nothing reaching the client before a cell is stopped (else the backend's
+# STALL): after an idle rebinding a client may recover on its own keep-alive only
+# (Chromium PINGs after about 15 s of silence on a connection with an open stream).
+STALL_LIMITS: dict[str, float] = {"rebind-idle": 20.0}
 BACKENDS = ("proxy", "lab")
 CELL_MARGIN = 60.0  # seconds beyond a scenario's duration before a cell is given up
 INCOMPLETE = "INCOMPLETE"
@@ -150,6 +164,17 @@ def summary_of(result: Result) -> dict[str, Any]:
         "preferred_address": result.stats.get("preferred_address"),
         "run_seconds": result.stats.get("run_seconds"),
     }
+
+
+def headlines_first(test: str, reasons: Sequence[str]) -> list[str]:
+    """`reasons` ("check: detail") with the test's headline checks first, in their order."""
+    heads = HEADLINES.get(test, ())
+
+    def rank(reason: str) -> int:
+        name = reason.partition(":")[0]
+        return heads.index(name) if name in heads else len(heads)
+
+    return sorted(reasons, key=rank)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,8 +327,9 @@ class MatrixRun:
             "client": self.versions.get((job.client.name, "client"), "?"),
         }
         setup = CellSetup(folder, self.certs, versions)
-        if self.stall is not None:
-            setup = replace(setup, stall=self.stall)
+        stall = self.stall if self.stall is not None else STALL_LIMITS.get(job.test)
+        if stall is not None:
+            setup = replace(setup, stall=stall)
         backend = StackBackend(
             job.server,
             job.client,
@@ -348,6 +374,8 @@ class MatrixRun:
                 for c in result.checks
                 if Rules.RFC9000 in c.rules and c.state.value == "failed"
             ]
+        if letter != UNSUPPORTED:  # else the judge's order: what could not be judged first
+            reasons = headlines_first(job.test, reasons)
         return Cell(
             job.test,
             job.server.name,

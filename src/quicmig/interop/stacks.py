@@ -4,8 +4,8 @@ and what each can do.
 The shipped files live in `quicmig/interop/stacks/`; `load_stacks(folder)` adds a user's own
 folder (a file there with a shipped stack's name replaces it). Adding a stack is adding a file.
 Every unknown key, wrong type or unknown `{placeholder}` is an InputError naming the file and
-the field. A file can declare `[[variant]]`s (name + extra placeholder values): one stack per
-variant, e.g. quicmig's stock aioquic and its extensions.
+the field. A file can declare `[[variant]]`s (name, extra placeholder values, and optionally the
+`roles` it has): one stack per variant, e.g. quicmig's stock aioquic and its extensions.
 
 Templates are lists of strings (one argument each, never split by a shell) whose `{name}`
 placeholders are filled per run; a list item `"{options}"` is where the arguments of a
@@ -30,6 +30,7 @@ from typing import Any
 
 from quicmig.errors import InputError
 
+ROLES = ("server", "client")
 PROTOCOLS = ("h3", "quicmig")  # HTTP/3, or quicmig's own message protocol (ALPN quicmig)
 INSTALLERS = {"apt": "apt-get install", "pip": "pip install"}
 BODIES = ("download_dir", "log")  # where a client leaves what it downloaded
@@ -191,11 +192,15 @@ def parse_stack(tree: Tree, path: Path) -> list[Stack]:
     if server_tree is None and client_tree is None:
         raise InputError(f"{path}: a stack needs a [server] or a [client] table (or both)")
     declared: list[tuple[str, dict[str, str]]] = []
+    roles_of: dict[str, tuple[str, ...]] = {}
     for index, variant in enumerate(variants):
         where = f"variant[{index}]"
         vfields = _Fields(variant, path, f"{where}.")
         vname = vfields.name("name")
         values = vfields.strings("values", required=False)
+        roles_of[vname] = (
+            vfields.words("roles", ROLES) if "roles" in variant else ROLES
+        )  # a variant that changes one role only need not repeat the other
         vfields.done()
         clash = sorted(
             set(values) & _known(COMMON_PLACEHOLDERS, SERVER_PLACEHOLDERS, CLIENT_PLACEHOLDERS)
@@ -212,10 +217,17 @@ def parse_stack(tree: Tree, path: Path) -> list[Stack]:
             raise InputError(f"{path}: variant {vname}: values lacks {missing[0]!r}")
     server = _server(server_tree, path, extra) if server_tree is not None else None
     client = _client(client_tree, path, extra) if client_tree is not None else None
-    return [
-        Stack(vname, summary, path, server, client, tuple(sorted(values.items())))
-        for vname, values in declared
-    ]
+    stacks = []
+    for vname, values in declared:
+        roles = roles_of.get(vname, ROLES)
+        own_server = server if "server" in roles else None
+        own_client = client if "client" in roles else None
+        if own_server is None and own_client is None:
+            raise InputError(f"{path}: variant {vname}: its roles name no table of the file")
+        stacks.append(
+            Stack(vname, summary, path, own_server, own_client, tuple(sorted(values.items())))
+        )
+    return stacks
 
 
 def _known(*tables: Mapping[str, str]) -> set[str]:
