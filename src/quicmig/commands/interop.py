@@ -37,6 +37,7 @@ from quicmig.interop.matrix import (
     not_run,
     select,
 )
+from quicmig.interop.process import check_port_free
 from quicmig.interop.report import (
     explained,
     legend,
@@ -92,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--stacks-dir", type=Path, metavar="DIR", help="more stack files (*.toml), see README"
     )
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        metavar="PORT",
+        help="the proxy's servers listen on ports from PORT up (default: any free port)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the network's randomness")
     parser.add_argument("--list", action="store_true", help="list stacks and tests, then exit")
     parser.set_defaults(handler=run)
@@ -127,6 +134,13 @@ def run(args: argparse.Namespace) -> int:
         from quicmig.lab import system
 
         system.require("interop --backend lab")
+    if args.base_port is not None:
+        if not 1024 <= args.base_port <= 65000:
+            raise InputError(f"--base-port {args.base_port}: give a port from 1024 to 65000")
+        if args.backend == "lab":
+            raise InputError("--base-port is for the proxy: the lab's servers use 4433")
+        # The first port must be free (each cell then takes the next free one).
+        check_port_free("127.0.0.1", args.base_port, False, "quicmig interop --base-port")
     out = args.out or Path(time.strftime("interop-%Y%m%d-%H%M%S"))
     check_output_dir(out, "--out")
     for stack in {*selection.servers, *selection.clients}:
@@ -135,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             line = missing(stack, role) if used else None
             if line is not None:
                 console.print(f"⚠️  {line}; its cells are unsupported", markup=False)
-    return _run_matrix(console, selection, args.backend, out, jobs, args.seed)
+    return _run_matrix(console, selection, args.backend, out, jobs, args.seed, args.base_port)
 
 
 def _list(console: Console, stacks: dict[str, Stack], tests: dict[str, str]) -> int:
@@ -153,7 +167,13 @@ def _list(console: Console, stacks: dict[str, Stack], tests: dict[str, str]) -> 
 
 
 def _run_matrix(
-    console: Console, selection: Selection, backend: str, out: Path, jobs: int, seed: int
+    console: Console,
+    selection: Selection,
+    backend: str,
+    out: Path,
+    jobs: int,
+    seed: int,
+    base_port: int | None,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / INCOMPLETE).unlink(missing_ok=True)
@@ -172,7 +192,9 @@ def _run_matrix(
         transient=True,
         disable=not show,
     ) as progress:
-        matrix = MatrixRun(selection, backend, out, certs, jobs=jobs, seed=seed)
+        matrix = MatrixRun(
+            selection, backend, out, certs, jobs=jobs, seed=seed, base_port=base_port
+        )
         all_jobs = matrix.all_jobs()
         to_run = sum(not_run(job) is None for job in all_jobs)
         overall = progress.add_task("cells", total=len(all_jobs))

@@ -282,16 +282,15 @@ class _Run:
             await stack.enter_async_context(client)
             self.backend.progress("handshake")
             if not await self._first_datagram(client):
+                exited = client.exited()
                 end = await client.stop()
                 self.exits["client"] = end
-                self.problems.append(
-                    Check.of(
-                        "client-exit",
-                        False,
-                        f"no datagram from the client within {FIRST_DATAGRAM:g} s: "
-                        + end.describe(),
-                    )
+                why = (
+                    "it exited before sending a datagram"
+                    if exited
+                    else f"no datagram from it within {FIRST_DATAGRAM:g} s"
                 )
+                self.problems.append(Check.of("client-exit", False, f"{why}: {end.describe()}"))
                 return
             tasks = [
                 asyncio.ensure_future(

@@ -266,6 +266,7 @@ class MatrixRun:
     jobs: int = 2
     seed: int = 1
     stall: float | None = None  # seconds; None: the backend's default
+    base_port: int | None = None  # the proxy's servers listen from this port up (None: any)
     progress: Progress = lambda job, status: None
     finished: Callable[[Cell], None] = lambda cell: None
     cells: list[Cell] = field(default_factory=list)
@@ -292,6 +293,10 @@ class MatrixRun:
         await asyncio.gather(*(one(key, stack) for key, stack in stacks.items()))
 
     async def run(self) -> list[Cell]:
+        return await self.run_jobs(self.all_jobs())
+
+    async def run_jobs(self, jobs: Sequence[Job]) -> list[Cell]:
+        """Run `jobs` (`jobs` at a time); their cells, as they finished."""
         await self.read_versions()
         limit = asyncio.Semaphore(self.jobs)
 
@@ -303,7 +308,7 @@ class MatrixRun:
             async with limit:
                 self._done(await self.cell(job))
 
-        await asyncio.gather(*(bounded(job) for job in self.all_jobs()))
+        await asyncio.gather(*(bounded(job) for job in jobs))
         return self.cells
 
     def _done(self, cell: Cell) -> None:
@@ -313,7 +318,7 @@ class MatrixRun:
     def network(self, job: Job, folder: Path) -> StackNetwork:
         if self.backend == "lab":
             return LabNetwork(job.scenario, self.seed, folder)
-        return ProxyNetwork(job.scenario, self.seed, folder)
+        return ProxyNetwork(job.scenario, self.seed, folder, self.base_port)
 
     async def cell(self, job: Job) -> Cell:
         """Run one cell; its folder holds the evidence (removed when interrupted)."""

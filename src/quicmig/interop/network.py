@@ -34,7 +34,7 @@ from quicmig.capture.tshark import QuicDatagram
 from quicmig.core.datagram import Address
 from quicmig.errors import InputError, QuicmigError
 from quicmig.interop.pcapfile import Record, read_records, touching
-from quicmig.interop.process import Endpoint, EndpointError, free_port
+from quicmig.interop.process import Endpoint, EndpointError, check_port_free, free_port
 from quicmig.lab.driver import LabDriver
 from quicmig.live.backend import NetworkDriver, Placement
 from quicmig.model.scenario import Scenario
@@ -50,7 +50,19 @@ LAB_POLL = 0.05  # seconds between looks at the lab element's counters
 _reserved: set[int] = set()
 
 
-def reserve_port(host: str, tcp: bool) -> int:
+def reserve_port(host: str, tcp: bool, base: int | None = None) -> int:
+    """A free port nobody in this process was given yet: any, or the first from `base` up."""
+    if base is not None:
+        for port in range(base, min(base + 1000, 65536)):
+            if port in _reserved:
+                continue
+            try:
+                check_port_free(host, port, tcp, "interop")
+            except InputError:
+                continue
+            _reserved.add(port)
+            return port
+        raise QuicmigError(f"no free port on {host} from {base} to {base + 999}")
     for _ in range(20):
         port = free_port(host, tcp=tcp)
         if port not in _reserved:
@@ -138,7 +150,10 @@ class ProxyNetwork:
     name = "proxy"
     host_note = "through quicmig's proxy on loopback"
 
-    def __init__(self, scenario: Scenario, seed: int, folder: Path) -> None:
+    def __init__(
+        self, scenario: Scenario, seed: int, folder: Path, base_port: int | None = None
+    ) -> None:
+        self.base_port = base_port  # None: any free port
         self.pcap = folder / "proxy.pcap"
         self.driver = ProxyDriver.for_scenario(scenario, seed, self.pcap)
         self._server: Address = (LOOPBACK, 0)
@@ -148,12 +163,12 @@ class ProxyNetwork:
     def plan(self, scenario: Scenario, tcp: bool) -> Scenario:
         from dataclasses import replace
 
-        port = reserve_port(LOOPBACK, tcp)
+        port = reserve_port(LOOPBACK, tcp, self.base_port)
         self._ports.append(port)
         self._server = (LOOPBACK, port)
         if scenario.server.preferred_address is None:
             return scenario
-        preferred = reserve_port(LOOPBACK, False)
+        preferred = reserve_port(LOOPBACK, False, self.base_port)
         self._ports.append(preferred)
         server = replace(scenario.server, preferred_address=(LOOPBACK, preferred))
         return replace(scenario, server=server)
