@@ -98,20 +98,34 @@ def test_a_gso_batch_is_cut_into_its_datagrams_and_a_single_one_is_left() -> Non
     assert sizes == [1444, 1444, 1444, 500]
 
 
-def test_the_capture_is_read_from_the_servers_last_retry_on() -> None:
-    initial = bytes([0xC3]) + b"\x00\x00\x00\x01" + b"\x08" + b"i" * 40
-    retry = bytes([0xF0]) + b"\x00\x00\x00\x01" + b"\x08" + b"r" * 40
+def long_header(kind: int, dcid: bytes, scid: bytes) -> bytes:
+    """A QUIC v1 long header of type `kind` (0 Initial, 3 Retry) and some bytes after it."""
+    first = 0xC0 | kind << 4
+    return (
+        bytes([first])
+        + b"\x00\x00\x00\x01"
+        + bytes([len(dcid)])
+        + dcid
+        + bytes([len(scid)])
+        + scid
+        + b"x" * 40
+    )
+
+
+def test_the_capture_is_read_from_the_attempt_after_the_servers_retry() -> None:
+    client_cid, first_dcid, retry_cid = b"c" * 8, b"d" * 8, b"r" * 18
     records = [
-        record(CLIENT, SERVER, initial),
-        record(SERVER, CLIENT, retry),
-        record(CLIENT, SERVER, initial),
-        record(SERVER, CLIENT, retry),  # a second Retry, for the ClientHello's second datagram
-        record(CLIENT, SERVER, initial),
+        record(CLIENT, SERVER, long_header(0, first_dcid, client_cid)),
+        record(SERVER, CLIENT, long_header(3, client_cid, retry_cid)),
+        # still in flight when the Retry came: the first attempt, left out with it
+        record(CLIENT, SERVER, long_header(0, first_dcid, client_cid)),
+        record(SERVER, CLIENT, long_header(0, client_cid, b"s" * 8)),
+        record(CLIENT, SERVER, long_header(0, retry_cid, client_cid)),  # the new attempt
         record(SERVER, CLIENT, short_packet(b"abcdefgh", 60, 0)),
-        record(SERVER, CLIENT, retry),  # after the handshake: not the handshake's Retry
+        record(SERVER, CLIENT, long_header(3, client_cid, retry_cid)),  # no Retry: after 1-RTT
     ]
     assert after_retry(records, SERVER) == 4
-    assert after_retry([r for i, r in enumerate(records) if i not in (1, 3)], SERVER) == 0
+    assert after_retry([r for i, r in enumerate(records) if i != 1], SERVER) == 0
 
 
 def test_the_client_side_gives_deliveries_and_the_addresses_it_sent_from() -> None:

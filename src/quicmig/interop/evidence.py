@@ -23,7 +23,7 @@ from quicmig.capture.tshark import QuicDatagram, find_tshark, read_datagrams
 from quicmig.core.datagram import Address
 from quicmig.core.results import Check
 from quicmig.core.tracker import MigrationTracker
-from quicmig.interop.pcapfile import Record, udp_header, write_records
+from quicmig.interop.pcapfile import Record, UdpHeader, udp_header, write_records
 
 RETRY_TYPE = 3  # long header packet type (RFC 9000 section 17.2)
 QUIC_V1 = b"\x00\x00\x00\x01"
@@ -133,23 +133,47 @@ def is_retry(payload: bytes) -> bool:
     )
 
 
+def long_header_cids(payload: bytes) -> tuple[bytes, bytes] | None:
+    """(DCID, SCID) of a long header packet (RFC 9000 section 17.2), None if not one."""
+    if len(payload) < 7 or not payload[0] & 0x80:
+        return None
+    dcid_end = 6 + payload[5]
+    if len(payload) < dcid_end + 1:
+        return None
+    scid_end = dcid_end + 1 + payload[dcid_end]
+    return payload[6:dcid_end], payload[dcid_end + 1 : scid_end]
+
+
+def _payload(record: Record) -> tuple[UdpHeader | None, bytes]:
+    header = udp_header(record.ip)
+    return header, record.ip[len(record.ip) - header.payload :] if header is not None else b""
+
+
 def after_retry(records: Sequence[Record], server: Address) -> int:
-    """How many records precede the server's last Retry, with it (0: there was none before
-    the handshake). RFC 9000 section 17.2.5: the client answers a Retry with a new Initial,
-    whose ClientHello has a new random; tshark 4.0 takes it for a retransmission of the
-    first, keeps that attempt's random and finds no secret for it. The attempt before the
-    Retry holds nothing the tracker reads, so the capture is read from after it."""
-    cut = 0
+    """How many records belong to the attempt the server answered with a Retry (0: there
+    was none). RFC 9000 section 17.2.5: the client answers a Retry with a new Initial to the
+    connection ID the Retry gave, whose ClientHello has a new random; tshark 4.0 takes it for
+    a retransmission of the first, keeps that attempt's random and finds no secret for it.
+    The attempt holds nothing the tracker reads, so the capture is read from the client's
+    first Initial to the Retry's connection ID on (Initials of the first attempt still in
+    flight after the Retry are left out with it)."""
+    retry_at, new_dcid = -1, b""
     for index, record in enumerate(records):
-        header = udp_header(record.ip)
+        header, payload = _payload(record)
         if header is None or header.src != server:
             continue
-        payload = record.ip[len(record.ip) - header.payload :]
         if is_retry(payload):
-            cut = index + 1  # one Retry per Initial datagram of a long ClientHello: the last
+            retry_at, new_dcid = index, (long_header_cids(payload) or (b"", b""))[1]
         elif payload and not payload[0] & 0x80:
             break  # a short header: the handshake is over
-    return cut
+    if retry_at < 0:
+        return 0
+    for index in range(retry_at + 1, len(records)):
+        header, payload = _payload(records[index])
+        cids = long_header_cids(payload)
+        if header is not None and header.dst == server and cids and cids[0] == new_dcid:
+            return index
+    return retry_at + 1
 
 
 def client_side(

@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from quicmig.capture.analysis import DECRYPTION_CHECKS
 from quicmig.core.results import Result, write_atomically
 from quicmig.errors import InputError, QuicmigError
 from quicmig.interop.backend import CellSetup, StackBackend
@@ -166,9 +167,13 @@ def summary_of(result: Result) -> dict[str, Any]:
     }
 
 
-def headlines_first(test: str, reasons: Sequence[str]) -> list[str]:
-    """`reasons` ("check: detail") with the test's headline checks first, in their order."""
-    heads = HEADLINES.get(test, ())
+def headlines_first(test: str, reasons: Sequence[str], unsupported: bool = False) -> list[str]:
+    """`reasons` ("check: detail") with the test's headline checks first, in their order;
+    for an unsupported cell what could not be decrypted first: every other unsupported
+    check follows from it."""
+    heads = (
+        (*DECRYPTION_CHECKS, *HEADLINES.get(test, ())) if unsupported else HEADLINES.get(test, ())
+    )
 
     def rank(reason: str) -> int:
         name = reason.partition(":")[0]
@@ -379,8 +384,7 @@ class MatrixRun:
                 for c in result.checks
                 if Rules.RFC9000 in c.rules and c.state.value == "failed"
             ]
-        if letter != UNSUPPORTED:  # else the judge's order: what could not be judged first
-            reasons = headlines_first(job.test, reasons)
+        reasons = headlines_first(job.test, reasons, letter == UNSUPPORTED)
         return Cell(
             job.test,
             job.server.name,

@@ -82,7 +82,11 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> tuple[str, ...]:
             text = stream.read().decode(errors="replace")
     except OSError:
         return ()
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    # Not the "$ command" lines Endpoint.start() writes: a quiet program's log says nothing
+    # else, and its command line is no last word.
+    kept = [
+        line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("$ ")
+    ]
     return tuple(kept[-lines:])
 
 
