@@ -14,7 +14,7 @@ migration is the first datagram from another one).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,14 @@ from quicmig.capture.tshark import QuicDatagram, find_tshark, read_datagrams
 from quicmig.core.datagram import Address
 from quicmig.core.results import Check
 from quicmig.core.tracker import MigrationTracker
-from quicmig.interop.pcapfile import Record, UdpHeader, udp_header, write_records
+from quicmig.interop.decrypt import Direction, Opened, read_secrets
+from quicmig.interop.pcapfile import (
+    GSO_MAX_SEGMENT,
+    Record,
+    UdpHeader,
+    udp_header,
+    write_records,
+)
 
 RETRY_TYPE = 3  # long header packet type (RFC 9000 section 17.2)
 QUIC_V1 = b"\x00\x00\x00\x01"
@@ -70,6 +77,14 @@ def server_view(
     ports = (server[1],) + ((preferred[1],) if preferred is not None else ())
     warnings: list[str] = []
     datagrams = read_datagrams(out, keylog, ports, warnings)
+    servers = {server, *((preferred,) if preferred is not None else ())}
+    datagrams, reopened = reopen(datagrams, ordered[cut:], keylog, servers)
+    if reopened:
+        warnings.append(
+            f"{reopened} 1-RTT datagrams tshark {'.'.join(map(str, version))} did not decrypt "
+            "were decrypted with aioquic's packet protection and the key log "
+            "(quicmig.interop.decrypt)"
+        )
     aliases: dict[Address, Address] = {}
     if preferred is not None:
         datagrams = attribute(datagrams, preferred)
@@ -121,6 +136,67 @@ def _placed(
     members.sort(key=lambda item: item[0].number)
     base.last_at = max(v.last_at for v, _ in parts)
     return [(base, members)] + [(v, m) for v, m in own if all(v is not p for p, _ in parts)]
+
+
+def reopen(
+    datagrams: list[QuicDatagram],
+    records: Sequence[Record],
+    keylog: Path,
+    servers: set[Address],
+) -> tuple[list[QuicDatagram], int]:
+    """`datagrams` (tshark's rows of `records`, frame N being records[N - 1]) with the 1-RTT
+    datagrams tshark did not decrypt decrypted here where the key log allows
+    (quicmig.interop.decrypt); and how many were."""
+    if not any(d.only_short and not d.frames for d in datagrams):
+        return datagrams, 0
+    random = next((d.client_random for d in datagrams if d.client_random), None)
+    secrets = read_secrets(keylog, random) if random is not None else None
+    if secrets is None:
+        return datagrams, 0
+    # A short header's DCID length is not in the packet: each side's own, from its first
+    # long header (the client's Initial, the server's Initial).
+    lengths: dict[bool, int] = {}
+    for record in records:
+        header, payload = _payload(record)
+        cids = long_header_cids(payload)
+        if header is not None and cids is not None:
+            from_client = header.dst in servers
+            lengths.setdefault(from_client, len(cids[1]))
+    directions = {True: Direction(secrets[0]), False: Direction(secrets[1])}
+    out, count = [], 0
+    for dgram in datagrams:
+        from_client = dgram.dst in servers
+        direction = directions[from_client]
+        if dgram.only_short and dgram.frames and dgram.short_pn is not None:
+            direction.largest = max(direction.largest, dgram.short_pn)
+        elif dgram.only_short and not dgram.frames and 0 < dgram.number <= len(records):
+            _, payload = _payload(records[dgram.number - 1])
+            # The DCID is the other side's connection ID.
+            length = lengths.get(not from_client, 0)
+            opened = direction.open(payload, length)
+            if opened is not None:
+                out.append(_opened(dgram, opened, len(payload)))
+                count += 1
+                continue
+            if len(payload) > GSO_MAX_SEGMENT:  # a GSO batch pcapfile could not cut
+                batch = direction.open_batch(payload, length)
+                out += [_opened(dgram, part, size) for part, size in batch]
+                count += len(batch)
+                if batch:
+                    continue
+        out.append(dgram)
+    return out, count
+
+
+def _opened(dgram: QuicDatagram, opened: Opened, size: int) -> QuicDatagram:
+    return replace(
+        dgram,
+        short_pn=opened.packet_number,
+        frames=opened.frames,
+        challenges=opened.challenges,
+        responses=opened.responses,
+        udp_length=size + 8,  # the UDP header: 8 bytes
+    )
 
 
 def is_retry(payload: bytes) -> bool:
