@@ -381,6 +381,7 @@ class _Run:
             "download_dir": str(dirs["download"]),
             "migrate_at_ms": str(round(move_at * 1000)),
             "local_addresses": ",".join(self.network.local_addresses()),
+            "local_host": self.network.local_addresses()[0],
         }
         options = (spec.active_migration or ()) if self.moves else ()
         self.move_arguments = " ".join(render(option, values) for option in options)

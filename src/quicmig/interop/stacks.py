@@ -66,6 +66,7 @@ CLIENT_PLACEHOLDERS = {
     "download_dir": "the directory to save the downloaded file in (it exists, empty)",
     "migrate_at_ms": "milliseconds after the handshake to migrate at (active migration)",
     "local_addresses": "the client's own addresses, comma-separated (it starts from the first)",
+    "local_host": "the client's own (first) address, to send from",
 }
 URL_PLACEHOLDERS = {
     "server_name": COMMON_PLACEHOLDERS["server_name"],

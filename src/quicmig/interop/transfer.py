@@ -207,6 +207,7 @@ async def run_transfer(plan: Plan) -> Outcome:
         "file": name,
         "timeout": str(max(1, round(plan.timeout))),
         "local_addresses": ",".join(LOCAL_ADDRESSES),
+        "local_host": LOCAL_ADDRESSES[0],
         **dict(plan.server.values),
         **plan.values,
     }
