@@ -210,19 +210,22 @@ def test_ctrl_c_stops_every_endpoint_and_keeps_no_half_cell(tmp_path: Path) -> N
     out = tmp_path / "out"
     command = [sys.executable, "-m", "quicmig", "interop", "--servers", "qh3", "--clients"]
     command += ["qh3", "--tests", "transfer,rebind-port", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:  # the transfer cell finished: the rebinding one runs
-            if line.startswith(("P transfer", "F transfer", "U transfer")):
-                break
-        time.sleep(2.0)
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert code == 130
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:  # the transfer cell finished: the rebinding one runs
+                if line.startswith(("P transfer", "F transfer", "U transfer")):
+                    break
+            time.sleep(2.0)
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted after 1 of 2 cells" in err
     assert (out / "INCOMPLETE").is_file()
     matrix = json.loads((out / "matrix.json").read_text())
     assert matrix["complete"] is False
