@@ -2,9 +2,10 @@
 after a rebinding what the server sent to the old and to the new address.
 
 The proxy's capture holds both legs; the server's leg is the one to read for migration (the
-server sees the proxy's upstream sockets as the client's addresses). The proxy closes a
-retired mapping's socket, so what the server still sends to the old address never reaches
-the proxy's capture; a capture on lo (`Plan.lo_capture`, root) sees it.
+server sees the proxy's upstream sockets as the client's addresses). The proxy keeps a
+retired mapping's socket open for a while and records what the server still sends there,
+so the old-address count needs no root; a capture on lo (`Plan.lo_capture`, root) also
+sees what the server sent after that socket closed.
 
 An undecrypted 1-RTT datagram is one tshark dissected as QUIC with a short header but no
 frames: with tshark 4.0 that is what a packet looks like whose keys tshark did not find for
