@@ -236,6 +236,9 @@ class _Run:
         self.run_end = 0.0
         self.exits: dict[str, EndpointExit] = {}
         self.move_arguments = ""  # what the client was given to migrate by itself
+        # When the run stopped the client (run's clock): what it sent as it was stopped (a
+        # CONNECTION_CLOSE from wherever the NAT maps it now) is no part of the run.
+        self.stopped_at: float | None = None
 
     def clock(self) -> float:
         assert self.zero is not None
@@ -422,6 +425,7 @@ class _Run:
         """Wait for the client to exit by itself; stop it when it outlives the scenario,
         when nothing has reached it for `stall` seconds, or when the network fails."""
         limit = max(0.0, self.scenario.duration + GRACE - self.clock())
+        deadline = self.clock() + limit
         waiting = asyncio.ensure_future(client.wait(limit))
         watchers: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stalled())]
         failed = self.network.failed()
@@ -435,9 +439,12 @@ class _Run:
             await asyncio.gather(*watchers, return_exceptions=True)
         if waiting in done:
             end = waiting.result()
+            if end.timed_out:
+                self.stopped_at = deadline
             self.exits["client"] = end
             self.problems.append(self._client_check(end))
             return
+        self.stopped_at = self.clock()
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
@@ -511,6 +518,10 @@ class _Run:
             records += extra
             if self.network.name == "proxy":  # reached the client without crossing the proxy
                 bypass = [r for r in extra if _source(r) == preferred]
+        if self.stopped_at is not None:
+            until = self.epoch_zero + self.stopped_at
+            records = [r for r in records if r.at <= until]
+            bypass = [r for r in bypass if r.at <= until]
         view = server_view(
             records,
             self.folder / "server-side.pcap",
@@ -521,6 +532,8 @@ class _Run:
             self.epoch_zero,
         )
         client_records, is_client = self.network.client_records()
+        if self.stopped_at is not None:
+            client_records = [r for r in client_records if r.at <= until]
         side = client_side(client_records, is_client, self.epoch_zero, bypass)
         return view, side
 

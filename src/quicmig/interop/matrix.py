@@ -50,14 +50,16 @@ TESTS: dict[str, str] = {
     "disable-migration": "disable-migration",
 }
 # The checks that tell each test's story, first among a cell's reasons.
+# (client-exit says how a client failed or that it stalled: before transfer-intact.)
+REBIND = ("first-packet-challenge", "paths-validated", "challenges-answered", "client-exit")
 HEADLINES: dict[str, tuple[str, ...]] = {
-    "transfer": ("transfer-intact", "handshake", "client-exit"),
-    "rebind-port": ("first-packet-challenge", "paths-validated", "challenges-answered"),
-    "rebind-addr": ("first-packet-challenge", "paths-validated", "challenges-answered"),
-    "connectionmigration": ("preferred-address-used", "connectionmigration"),
+    "transfer": ("server-start", "client-exit", "transfer-intact", "handshake"),
+    "rebind-port": REBIND,
+    "rebind-addr": REBIND,
+    "connectionmigration": ("preferred-address-used", "connectionmigration", "client-exit"),
     "active-migration": ("migrations-observed", "paths-validated", "first-packet-challenge"),
-    "rebind-idle": ("transfer-intact", "migrations-observed", "paths-validated"),
-    "disable-migration": ("disable-active-migration-honoured", "transfer-intact"),
+    "rebind-idle": ("client-exit", "migrations-observed", "transfer-intact", "paths-validated"),
+    "disable-migration": ("disable-active-migration-honoured", "client-exit", "transfer-intact"),
 }
 # seconds with nothing reaching the client before a cell is stopped (else the backend's
 # STALL): after an idle rebinding a client may recover on its own keep-alive only
