@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--jobs",
         type=int,
         metavar="N",
-        help=f"cells at a time (default {DEFAULT_JOBS}; the lab: 1)",
+        help=f"cells at a time (default {DEFAULT_JOBS}: each has its own ports or namespaces)",
     )
     parser.add_argument(
         "--stacks-dir", type=Path, metavar="DIR", help="more stack files (*.toml), see README"
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not selection.servers or not selection.clients:
         raise InputError("no stack selected: give --servers and --clients names")
-    jobs = args.jobs if args.jobs is not None else (1 if args.backend == "lab" else DEFAULT_JOBS)
+    jobs = args.jobs if args.jobs is not None else DEFAULT_JOBS
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: give 1 or more")
     if args.backend == "lab":
