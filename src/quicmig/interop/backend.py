@@ -191,6 +191,9 @@ class StackBackend:
             checks.append(
                 unsupported("workload", "a foreign stack runs downloads only (a file it serves)")
             )
+        blocked = self.network.cannot(scenario)
+        if blocked is not None:
+            checks.append(unsupported("network", f"{self.network.name}: {blocked}"))
         for setting, present in (
             ("client.failover_after_s", scenario.client.failover_after is not None),
             ("client.keepalive_s", scenario.client.keepalive is not None),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -90,6 +91,10 @@ class StackNetwork(Protocol):
 
     @property
     def server(self) -> Address: ...
+
+    def cannot(self, scenario: Scenario) -> str | None:
+        """Why this network cannot run `scenario` here (None: it can)."""
+        ...
 
     def local_addresses(self) -> tuple[str, ...]:
         """The client's own addresses (an active migration may move to the second)."""
@@ -176,6 +181,14 @@ class ProxyNetwork:
     @property
     def server(self) -> Address:
         return self._server
+
+    def cannot(self, scenario: Scenario) -> str | None:
+        if scenario.server.preferred_address is not None and os.geteuid() != 0:
+            return (
+                "through the proxy the preferred address is captured on lo with dumpcap, "
+                "which needs root here: run as root, or with --backend lab"
+            )
+        return None
 
     def local_addresses(self) -> tuple[str, ...]:
         return SOURCES  # 127.0.0.1 and 127.0.0.2
@@ -298,6 +311,9 @@ class LabNetwork:
     @property
     def server(self) -> Address:
         return self._server
+
+    def cannot(self, scenario: Scenario) -> str | None:
+        return None  # the command checked for root and the tools first
 
     def local_addresses(self) -> tuple[str, ...]:
         return tuple(a for iface in self._client.interfaces for a in iface.addresses)
