@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import run_bounded
+from labnet import needs_lab
 
 from quicmig.core.results import Result
 from quicmig.interop.matrix import Cell, Job, MatrixRun, Selection, load_case
@@ -151,6 +152,35 @@ def test_the_client_moves_to_ngtcp2s_preferred_address_with_a_new_dcid(
 
 def test_the_reduced_matrix_fits_its_budget(reduced: dict[Any, Any]) -> None:
     assert reduced["seconds"] < LIMIT
+
+
+@needs_lab
+def test_in_the_lab_the_kernel_nat_moves_ngtcp2s_client_to_the_next_address(
+    tmp_path: Path, certs: CertPaths
+) -> None:
+    """The same case table through the namespace lab: the programs run in namespaces, the
+    kernel NAT rebinds, the capture is the router's side of the server's link."""
+    lines = absent("ngtcp2", "ngtcp2")
+    if lines:
+        pytest.skip("; ".join(lines))
+    matrix = MatrixRun(Selection((), (), ("rebind-addr",)), "lab", tmp_path, certs)
+    job = Job("rebind-addr", STACKS["ngtcp2"], STACKS["ngtcp2"], 1, load_case("rebind-addr"))
+    (cell,) = run_bounded(matrix.run_jobs([job]), 60.0)
+    assert cell.folder is not None, cell.reasons
+    result = Result.from_dict(json.loads((Path(cell.folder) / "result.json").read_text()))
+    pool = load_case("rebind-addr").topology.nat("nat").external
+    assert result.transfer.intact and result.transfer.bytes == 10_000_000
+    assert len(result.migrations) >= 2
+    for mig in result.migrations:
+        assert mig.observed.value == "address_change"
+        assert mig.new_peer[0] in pool and mig.validated_at is not None
+    assert result.verdicts[Rules.RFC9000] is Verdict.PASSED
+    assert (
+        subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(
+            Path(cell.folder).name
+        )
+        == 0
+    )
 
 
 # --- endpoints that fail, and Ctrl-C -------------------------------------------------------
