@@ -242,6 +242,7 @@ class _Run:
         # When the run stopped the client (run's clock): what it sent as it was stopped (a
         # CONNECTION_CLOSE from wherever the NAT maps it now) is no part of the run.
         self.stopped_at: float | None = None
+        self.network_stats: dict[str, Any] = {}  # the driver's, taken before it closes
 
     def clock(self) -> float:
         assert self.zero is not None
@@ -269,6 +270,7 @@ class _Run:
     async def _endpoints(self, dirs: dict[str, Path], name: str, keys: tuple[Path, Path]) -> None:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.network.aclose)
+            stack.callback(self._network_stats)  # runs first: the lab's go with it
             self.backend.progress("building the network")
             await self.network.place(self.scenario)
             server = self._server(dirs, name, keys[0])
@@ -324,6 +326,12 @@ class _Run:
                     self.problems.append(
                         Check.of("network", False, f"the network could not do an event: {outcome}")
                     )
+
+    def _network_stats(self) -> None:
+        try:
+            self.network_stats = self.network.driver.stats()
+        except QuicmigError as exc:  # the lab's element already gone: say so, do not fail
+            self.network_stats = {"error": str(exc)}
 
     def _values(self, role: str, workdir: Path, keylog: Path, qlog: Path) -> dict[str, str]:
         stack = self.backend.server_stack if role == "server" else self.backend.client_stack
@@ -635,7 +643,7 @@ class _Run:
                 "versions": dict(self.backend.setup.versions),
                 "endpoints": {role: _exit_record(e) for role, e in self.exits.items()},
                 "capture": _capture_record(view),
-                **self.network.driver.stats(),
+                **self.network_stats,
             },
             files=files,
         )
