@@ -55,6 +55,7 @@ SERVER: Address = ("127.0.0.1", 4433)
 CLIENT: Address = ("127.0.0.1", 50000)
 MOVED: Address = ("127.0.0.1", 50001)
 PREFERRED: Address = ("127.0.0.1", 4434)
+THIRD: Address = ("127.0.0.1", 50002)
 STACKS = load_stacks()
 
 
@@ -377,3 +378,59 @@ def test_list_names_stacks_and_tests(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for name in (*STACKS, *TESTS):
         assert name in out
+
+
+def frames_dgram(
+    number: int, at: float, src: Address, dst: Address, frames: tuple[int, ...], data: str = ""
+) -> QuicDatagram:
+    return QuicDatagram(
+        number=number,
+        at=at,
+        src=src,
+        dst=dst,
+        connection=0,
+        header_forms=(0,),
+        long_types=(),
+        dcids=("aa",),
+        short_pn=number,
+        frames=frames,
+        challenges=(data,) if 0x1A in frames else (),
+        responses=(data,) if 0x1B in frames else (),
+    )
+
+
+@pytest.mark.parametrize(("closed_after", "state"), [(0.006, "passed"), (0.5, "failed")])
+def test_a_client_that_closes_before_it_could_answer_does_not_fail_the_server(
+    closed_after: float, state: str
+) -> None:
+    """A rebinding a few milliseconds before the download's end: the server's challenge on
+    the new path meets a client that has already closed the connection (seen in the matrix:
+    quicmig's server, qh3's client). Closing later, it could have answered: a failure."""
+    from quicmig.core.judge import judge
+    from quicmig.core.observation import ClientObservation, Expectations, Observation
+    from quicmig.core.results import NO_TRANSFER
+    from quicmig.model.scenario import Expectation
+
+    ack, close, challenge, response = (0x02,), (0x1C,), (0x1A,), (0x1B,)
+    members = [
+        (frames_dgram(1, 0.00, CLIENT, SERVER, (0x06,)), True),
+        (frames_dgram(2, 0.01, SERVER, CLIENT, ack), False),
+        (frames_dgram(3, 1.00, MOVED, SERVER, ack), True),  # first move: validated in 40 ms
+        (frames_dgram(4, 1.00, SERVER, MOVED, challenge, "01"), False),
+        (frames_dgram(5, 1.04, MOVED, SERVER, response, "01"), True),
+        (frames_dgram(6, 2.00, THIRD, SERVER, ack), True),  # the second rebinding
+        (frames_dgram(7, 2.00, SERVER, THIRD, challenge, "02"), False),
+        (frames_dgram(8, 2.00 + closed_after, THIRD, SERVER, close), True),
+    ]
+    view = view_of(members)
+    wanted = Expectations("t", "stock", Expectation(min_migrations=1), None)
+    observation = Observation(
+        "capture", 0, 3.0, [ClientObservation(NO_TRANSFER, (), (), view.tracker)], ()
+    )
+    checks = {c.name: c for c in judge(wanted, observation).checks}
+    assert checks["paths-validated"].state.value == state
+    assert checks["challenges-answered"].state.value == state
+    if state == "passed":
+        assert (
+            "1 cut short by the client closing the connection" in checks["paths-validated"].detail
+        )

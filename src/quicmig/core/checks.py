@@ -71,14 +71,20 @@ def migration_checks(
         validated = sum(m.validated_at is not None for m in migrations)
         # RFC 9000 section 9.3: an address validated before need not be validated again.
         known = sum(m.validated_at is None and m.path_known for m in migrations)
-        checks.append(
-            Check.of(
-                "paths-validated",
-                validated + known == len(migrations),
-                f"{validated} of {_n(len(migrations), 'new path')} validated by PATH_RESPONSE"
-                + (f", {known} validated before" if known else ""),
-            )
+        # The client closed the connection before it could answer (RFC 9000 section 10.2):
+        # no validation to hold against the server.
+        cut = sum(m.validated_at is None and not m.path_known and m.cut_short for m in migrations)
+        detail = (
+            f"{validated} of {_n(len(migrations), 'new path')} validated by PATH_RESPONSE"
+            + (f", {known} validated before" if known else "")
+            + (f", {cut} cut short by the client closing the connection" if cut else "")
         )
+        if cut and validated + known == 0 and cut == len(migrations):
+            checks.append(Check("paths-validated", NOT_APPLICABLE, detail))
+        else:
+            checks.append(
+                Check.of("paths-validated", validated + known + cut == len(migrations), detail)
+            )
         checks.append(
             Check.of(
                 "multiple-paths",
@@ -87,6 +93,15 @@ def migration_checks(
             )
         )
         checks.append(_first_packet(migrations))
+        # Not the challenges of a path the client left by closing the connection.
+        first = [
+            c
+            for t in trackers
+            for m in t.migrations
+            if not t.cut_short(m)
+            for c in m.challenges
+            if c.in_first_packet
+        ]
         answered = sum(c.answered_at is not None for c in first)
         checks.append(
             Check.of(

@@ -77,6 +77,7 @@ def migration_results(
                 received_before_validation=mig.received_before_validation,
                 sent_to_old_after=mig.sent_to_old_after,
                 path_known=mig.known_path,
+                cut_short=tracker.cut_short(mig),
             )
         )
     return results

@@ -114,6 +114,9 @@ class MigrationResult:
     received_before_validation: int = 0  # bytes from it, in that time
     sent_to_old_after: int = 0  # packets the server still sent to the old address after it
     path_known: bool = False  # validated before: RFC 9000 section 9.3 lets the server skip it
+    # The client closed the connection after the move and before the new path was validated:
+    # nobody was left to answer its challenge.
+    cut_short: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,7 @@ class MigrationResult:
             "received_before_validation": self.received_before_validation,
             "sent_to_old_after": self.sent_to_old_after,
             "path_known": self.path_known,
+            "cut_short": self.cut_short,
         }
 
     @classmethod
@@ -165,6 +169,7 @@ class MigrationResult:
             received_before_validation=data.get("received_before_validation", 0),
             sent_to_old_after=data.get("sent_to_old_after", 0),
             path_known=data.get("path_known", False),
+            cut_short=data.get("cut_short", False),
         )
 
 

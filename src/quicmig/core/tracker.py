@@ -140,6 +140,9 @@ class MigrationTracker:
         self._sent_to: set[Address] = set()
         self._challenges: dict[str, Challenge] = {}
         self.validated: set[Address] = set()  # the handshake's address, and answered ones
+        # When the client's first CONNECTION_CLOSE arrived: a path it moved to just before
+        # could not be validated any more (RFC 9000 section 10.2: it is closing).
+        self.closed_at: float | None = None
         self._stream_sent: dict[int, int] = {}  # stream id -> highest offset sent
 
     # Observer interface (see TapTrace)
@@ -162,6 +165,8 @@ class MigrationTracker:
                 local, packet.at, packet.dcid, packet.dcid not in elsewhere, is_probing(packet)
             )
         self._dcids_at.setdefault(local, set()).add(packet.dcid)
+        if self.closed_at is None and _frames(packet, "connection_close"):
+            self.closed_at = packet.at
         for frame in _frames(packet, "path_response"):
             challenge = self._challenges.get(frame["data"])
             if challenge is not None and challenge.answered_at is None:
@@ -269,6 +274,18 @@ class MigrationTracker:
                 )
             )
 
+    def cut_short(self, migration: ObservedMigration) -> bool:
+        """The client's CONNECTION_CLOSE arrived before the server's first challenge on this
+        new path could have made its round trip (the shortest one this connection's answered
+        challenges took): the client closed before it could answer, so the path's missing
+        validation is not the server's. Without such a round trip to compare: False."""
+        if migration.validated_at is not None or not migration.challenges:
+            return False
+        if self.closed_at is None or self.closed_at < migration.detected_at:
+            return False
+        rtts = [c.answered_at - c.sent_at for c in self.challenges if c.answered_at is not None]
+        return bool(rtts) and self.closed_at - migration.challenges[0].sent_at < min(rtts)
+
     @property
     def challenges(self) -> list[Challenge]:
         return list(self._challenges.values())
@@ -337,6 +354,7 @@ class MigrationTracker:
                 }
                 for u in self.server_addresses.values()
             ],
+            "closed_at": self.closed_at,
             "lost_packets": list(self.lost_packets),
             "retransmitted": [list(r) for r in self.retransmitted],
             "bytes_to": {format_address(a): n for a, n in self.datagrams_to.items()},
@@ -388,6 +406,8 @@ class MigrationTracker:
                 local, u["first_packet_at"], u["first_packet_dcid"], u["first_dcid_new"],
                 u["first_packet_probing"], u.get("moved_at"),
             )  # fmt: skip
+        closed = data.get("closed_at")
+        tracker.closed_at = closed - clock_offset if closed is not None else None
         tracker.lost_packets = [t - clock_offset for t in data.get("lost_packets", [])]
         tracker.retransmitted = [(t - clock_offset, n) for t, n in data.get("retransmitted", [])]
         tracker.datagrams_to = {parse_address(a): n for a, n in data.get("bytes_to", {}).items()}

@@ -27,9 +27,9 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from quicmig.capture.tshark import QuicDatagram
 from quicmig.core.datagram import Address
@@ -42,6 +42,7 @@ from quicmig.model.scenario import Scenario
 from quicmig.proxy.core import Proxy
 from quicmig.proxy.driver import SOURCES, ProxyDriver
 
+T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
 DUMPCAP_START = 1.0  # seconds for dumpcap to open lo
 LAB_POLL = 0.05  # seconds between looks at the lab element's counters
@@ -321,13 +322,13 @@ class LabNetwork:
     async def place(self, scenario: Scenario) -> Placement:
         # Building the namespaces blocks for about a second: off the event loop, which
         # serves the other cells meanwhile.
-        placement = await asyncio.to_thread(asyncio.run, self.driver.place(scenario))
+        placement = await _finished(asyncio.to_thread(asyncio.run, self.driver.place(scenario)))
         self._server = placement.server
         net = self._net()
         topology = scenario.topology
         link = topology.link_of(self._client.name, self._client.interfaces[0].name).name
         tun = net.plan.links[link].router_tun
-        await asyncio.to_thread(net.start_capture, tun, self.client_pcap.resolve())
+        await _finished(asyncio.to_thread(net.start_capture, tun, self.client_pcap.resolve()))
         return placement
 
     def _net(self) -> Any:
@@ -352,7 +353,8 @@ class LabNetwork:
         server = topology.host(topology.server)
         iface = next(i for i in server.interfaces if address[0] in i.addresses)
         link = topology.link_of(server.name, iface.name).name
-        await asyncio.to_thread(net.start_capture, net.plan.links[link].router_tun, path.resolve())
+        tun = net.plan.links[link].router_tun
+        await _finished(asyncio.to_thread(net.start_capture, tun, path.resolve()))
         self._extra["preferred_pcap"] = str(path)
         yield  # the lab stops its captures when it is torn down
 
@@ -397,3 +399,16 @@ class LabNetwork:
 
     async def aclose(self) -> None:
         await self.driver.aclose()
+
+
+async def _finished(work: Coroutine[Any, Any, T]) -> T:
+    """`await work`, which runs in a thread; cancelled (Ctrl-C), still wait for it to end
+    before going on: tearing the lab down while a thread still builds it would leave
+    namespaces behind."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
