@@ -35,7 +35,7 @@ from quicmig.interop.stacks import Stack, missing, read_version
 from quicmig.live.certs import CertPaths
 from quicmig.model.loader import load_scenario
 from quicmig.model.scenario import Scenario
-from quicmig.model.verdicts import Rules, Verdict
+from quicmig.model.verdicts import CheckState, Rules, Verdict
 from quicmig.runner import RunOptions, execute, plan
 
 SCHEMA = "quicmig.interop/1"
@@ -379,13 +379,14 @@ class MatrixRun:
         result = replace(result, stack=f"{job.server.name} server, {job.client.name} client")
         write_atomically(folder / "result.json", json.dumps(result.to_dict(), indent=2) + "\n")
         letter = letter_of(result)
-        reasons = result.reasons  # the strict verdict's (the interop runner's rules)
-        if letter == STRICT_ONLY:
-            reasons = [
-                f"{c.name}: {c.detail}"
-                for c in result.checks
-                if Rules.RFC9000 in c.rules and c.state.value == "failed"
-            ]
+        # The strict verdict's reasons (the interop runner's rules), then what fails only
+        # under RFC 9000's (new-path-amplification).
+        rfc_only = [
+            f"{c.name}: {c.detail}"
+            for c in result.checks
+            if c.rules == (Rules.RFC9000,) and c.state is CheckState.FAILED
+        ]
+        reasons = rfc_only if letter == STRICT_ONLY else [*result.reasons, *rfc_only]
         reasons = headlines_first(job.test, reasons, letter == UNSUPPORTED)
         return Cell(
             job.test,
