@@ -17,6 +17,7 @@ interrupted leaves nothing behind, one that finished keeps its folder of evidenc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
@@ -370,6 +371,8 @@ class MatrixRun:
                 raise QuicmigError(f"the cell took more than {timeout:g} s") from None
         except asyncio.CancelledError:
             shutil.rmtree(folder, ignore_errors=True)  # an interrupted cell leaves nothing
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # nor its test's folder, if it was the only one
             raise
         except QuicmigError as exc:
             return Cell(
