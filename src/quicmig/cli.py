@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Inside the try: Ctrl-C while the command's module is still importing is common.
         args = build_parser(selected).parse_args(args_list)
+        args.argv = args_list  # reports show the command that made them
         code: int = args.handler(args)
         return code
     except QuicmigError as exc:

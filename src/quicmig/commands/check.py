@@ -166,8 +166,8 @@ def print_report(console: Console, result: Result, views: list[ConnectionView]) 
             )
     console.print(paths)
     if result.migrations:
-        console.print(migrations_table(result))
+        console.print(migrations_table(result, console.width, capture=True))
     else:
         console.print("[bold yellow]no migration in this capture[/bold yellow]")
-    console.print(checks_table(result))
+    console.print(checks_table(result, console.width))
     console.print(f"Verdict: {verdict_text(result)}")
