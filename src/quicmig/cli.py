@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {  # name -> one line for `quicmig --help`; module qu
     "lab": "a real network in Linux namespaces: kernel NAT, interface switch, IP change (root)",
     "compare": "results of one scenario from different backends or seeds, side by side",
     "sweep": "many runs (a grid of values, seeds, stacks) on local processes or Dask, aggregated",
+    "report": "an HTML report of saved results (one self-contained file, works offline)",
 }
 
 

@@ -176,39 +176,41 @@ def chart_data(result: Result) -> dict[str, Any]:
     end = float(result.stats.get("run_seconds") or 0.0)
     last = [s[-1][0] for s in (series.delivered, series.rtt, series.cwnd) if s]
     x1 = max([end, *last]) or 1.0
+    panels: list[dict[str, Any]] = [
+        {
+            "key": "delivered",
+            "label": "bytes delivered to the client's application",
+            "unit": "MB",
+            "scale": 1e-6,
+            "step": True,
+            "floating": True,
+            "data": decimate([(t, float(v)) for t, v in series.delivered]),
+        },
+        {
+            "key": "rtt",
+            "label": "server's smoothed RTT (its aioquic's estimate)",
+            "unit": "ms",
+            "scale": 1e3,
+            "step": False,
+            "floating": False,
+            "data": decimate(series.rtt),
+        },
+        {
+            "key": "cwnd",
+            "label": "server's congestion window (its aioquic's)",
+            "unit": "kB",
+            "scale": 1e-3,
+            "step": True,
+            "floating": False,
+            "data": decimate([(t, float(v)) for t, v in series.cwnd]),
+        },
+    ]
     return {
         "x0": 0.0,
         "x1": x1,
         "clock": "simulated" if result.backend == "sim" else "real",
-        "panels": [
-            {
-                "key": "delivered",
-                "label": "bytes delivered to the client's application",
-                "unit": "MB",
-                "scale": 1e-6,
-                "step": True,
-                "floating": True,
-                "data": decimate([(t, float(v)) for t, v in series.delivered]),
-            },
-            {
-                "key": "rtt",
-                "label": "server's smoothed RTT (its aioquic's estimate)",
-                "unit": "ms",
-                "scale": 1e3,
-                "step": False,
-                "floating": False,
-                "data": decimate(series.rtt),
-            },
-            {
-                "key": "cwnd",
-                "label": "server's congestion window (its aioquic's)",
-                "unit": "kB",
-                "scale": 1e-3,
-                "step": True,
-                "floating": False,
-                "data": decimate([(t, float(v)) for t, v in series.cwnd]),
-            },
-        ],
+        # A capture has no series: its figure is the paths and the marks alone.
+        "panels": [p for p in panels if p["data"][0]],
         "paths": [
             {"from": p.start, "to": p.end, "label": p.label, "index": p.index}
             for p in paths(result)

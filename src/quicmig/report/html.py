@@ -19,6 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+from rich.text import Text
 
 from quicmig import __version__
 from quicmig.core.datagram import format_address
@@ -37,6 +41,9 @@ from quicmig.report.sequence import (
     frames_text,
     packet_text,
 )
+
+if TYPE_CHECKING:
+    from quicmig.sweep.aggregate import Summary
 
 STATE_WORDS = {
     CheckState.PASSED: "✓ passed",
@@ -175,7 +182,7 @@ def _facts(result: Result) -> str:
     return f'<div class="facts">{items}</div>'
 
 
-def story_of(mig: MigrationResult, index: int) -> str:
+def story_of(mig: MigrationResult, index: int, capture: bool = False) -> str:
     """What happened in one migration, in words, from its numbers."""
     parts: list[str] = []
     old, new = format_address(mig.old_peer), format_address(mig.new_peer)
@@ -213,6 +220,8 @@ def story_of(mig: MigrationResult, index: int) -> str:
     else:
         first += ": the path was <b>never validated</b>."
     parts.append(first)
+    if capture:
+        return f'<li data-migration="{index}">' + " ".join(parts) + "</li>"
     cost = []
     if mig.interruption is not None:
         cost.append(f"the application waited {ms(mig.interruption)} for data at the longest")
@@ -224,7 +233,13 @@ def story_of(mig: MigrationResult, index: int) -> str:
     return f'<li data-migration="{index}">' + " ".join(parts) + "</li>"
 
 
-def _numbers(mig: MigrationResult) -> str:
+# What a capture cannot measure: no network change, no application data, no loss detection.
+NOT_IN_CAPTURE = frozenset(
+    {"detection_delay", "interruption", "lost_packets", "retransmitted_bytes", "network_change_at"}
+)
+
+
+def _numbers(mig: MigrationResult, capture: bool = False) -> str:
     first = {True: "yes", False: "no", None: "—"}[mig.first_packet_had_challenge]
     server_cid = {True: "yes", False: "no", None: "—"}[mig.server_cid_changed]
     change = (
@@ -279,6 +294,8 @@ def _numbers(mig: MigrationResult) -> str:
                 f"{sent / received:.2f}{TIMES} (the limit is 3{TIMES}, RFC 9000 section 8)",
             )
         )
+    if capture:
+        rows = [(k, v) for k, v in rows if not any(f'"{f}"' in v for f in NOT_IN_CAPTURE)]
     body = "".join(f"<dt>{e(k)}</dt><dd>{v}</dd>" for k, v in rows)
     return f'<dl class="numbers">{body}</dl>'
 
@@ -319,7 +336,10 @@ def sequence_table(log: PacketLog, window: PacketWindow, result: Result, table_i
     rows = build_rows(window, result.migrations, result.network_changes, max_rows=None)
     mig = result.migrations[window.migration] if window.migration is not None else None
     original = mig.old_peer if mig is not None else None
-    head = ["t (s)", "client socket", "NAT" if log.nat else "", "server sees", "packet", "DCID"]
+    # The client's own socket is known where its side was watched (the simulator).
+    sockets = any(r.client_socket is not None for r in (*window.context, *window.records))
+    head = ["t (s)", *(["client socket"] if sockets else []), "NAT" if log.nat else ""]
+    head += ["server sees", "packet", "DCID"]
     out = ["<thead><tr>"] + [f"<th>{e(h)}</th>" for h in head] + ["<th>frames</th></tr></thead>"]
     out.append("<tbody>")
     for row in rows:
@@ -327,7 +347,7 @@ def sequence_table(log: PacketLog, window: PacketWindow, result: Result, table_i
             c = row.change
             out.append(
                 f'<tr class="change" data-at="{c.at!r}"><td>{c.at:.4f}</td>'
-                f'<td colspan="6">⚡ {e(c.kind.value)}: {e(c.detail)}</td></tr>'
+                f'<td colspan="{len(head)}">⚡ {e(c.kind.value)}: {e(c.detail)}</td></tr>'
             )
             continue
         if isinstance(row, GapRow):  # not made when max_rows is None
@@ -355,8 +375,8 @@ def sequence_table(log: PacketLog, window: PacketWindow, result: Result, table_i
             f'<tr class="{" ".join(classes)}" data-at="{record.at!r}" '
             f'data-packets="{len(row.records)}" data-frames="{e(" ".join(sorted(kinds)))}">'
             f"<td>{record.at:.4f}</td>"
-            f'<td class="{"lost" if row.lost else ""}">{e(socket)}</td>'
-            f'<td class="arrow">{"──▶" if record.inbound else "◀──"}</td>'
+            + (f'<td class="{"lost" if row.lost else ""}">{e(socket)}</td>' if sockets else "")
+            + f'<td class="arrow">{"──▶" if record.inbound else "◀──"}</td>'
             f'<td class="{"newaddr" if moved else ""}">{e(format_address(packet.peer))}</td>'
             f"<td>{e(packet_text(row))}</td>"
             f'<td class="{"newcid" if row.new_dcid else ""}">'
@@ -441,6 +461,7 @@ def _files(result: Result, base: Path) -> str:
 def section(result: Result, index: int, base: Path, info: About | None = None) -> tuple[str, str]:
     """One result's part of the page, and its chart data as a <script> element."""
     info = info or about(result)
+    capture = result.backend == "capture"
     prefix = f"r{index}"
     data_id = f"{prefix}-data"
     out: list[str] = [f'<article id="{prefix}" data-scenario="{e(result.scenario)}">']
@@ -461,7 +482,7 @@ def section(result: Result, index: int, base: Path, info: About | None = None) -
     out.append(f'<section id="{prefix}-story"><h2>What happened</h2>')
     if result.migrations:
         out.append('<ol class="story">')
-        out += [story_of(m, i) for i, m in enumerate(result.migrations)]
+        out += [story_of(m, i, capture) for i, m in enumerate(result.migrations)]
         out.append("</ol>")
     else:
         out.append("<p>The server saw no migration: every packet came from one address.</p>")
@@ -477,7 +498,7 @@ def section(result: Result, index: int, base: Path, info: About | None = None) -
         out.append(
             f'<section class="migration" id="{prefix}-m{i + 1}" data-migration="{i}">'
             f"<h2>Migration {i + 1}: {e(mig.observed.label)}</h2>"
-            f"{_numbers(mig)}"
+            f"{_numbers(mig, capture)}"
             f"<h3>Around it, from {zoom.start:.3f} to {zoom.end:.3f} s</h3>"
             + _chart_box(f"{prefix}-m{i + 1}-chart", data_id, zoom.start, zoom.end, 80, True)
         )
@@ -588,7 +609,7 @@ def page(
     for index, result in enumerate(results):
         info = infos[index] if index < len(infos) else None
         body, script = section(result, index, base, info)
-        sections.append(body)
+        sections.append(("<hr>" if index else "") + body)
         scripts.append(script)
     heading = title or (
         results[0].scenario if len(results) == 1 else f"{len(results)} quicmig results"
@@ -625,3 +646,79 @@ def write_html(
 ) -> None:
     """Write the page for `results` to `path`, whole or not at all."""
     write_atomically(path, page(results, path, title, preface, infos))
+
+
+def rich_table_html(table: Table, css: str = "compare", caption: bool = False) -> str:
+    """A rich Table of the terminal report as an HTML table (its cells' plain text; a red,
+    green or yellow cell keeps its colour as a class)."""
+    columns = table.columns
+    cells = [[_cell_text(c) for c in column.cells] for column in columns]
+    rows = max((len(c) for c in cells), default=0)
+    head = "".join(f"<th>{e(_cell_text(c.header)[0])}</th>" for c in columns)
+    body = []
+    for index in range(rows):
+        tds = []
+        for column in cells:
+            text, tone = column[index] if index < len(column) else ("", "")
+            lines = "<br>".join(e(line) for line in text.split("\n"))
+            tds.append(f'<td class="{tone}">{lines}</td>')
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    title = _cell_text(table.title)[0] if table.title else ""
+    shown = f"<caption>{e(title)}</caption>" if title and caption else ""
+    table_html = f'<table class="{css}">{shown}<tr>{head}</tr>{"".join(body)}</table>'
+    return f'<div class="scroll">{table_html}</div>'
+
+
+def _cell_text(cell: object) -> tuple[str, str]:
+    """(plain text, tone class) of a rich cell: markup text or a Text."""
+    text = Text.from_markup(cell) if isinstance(cell, str) else cell
+    if not isinstance(text, Text):
+        return str(cell), ""
+    styles = " ".join(str(span.style) for span in text.spans) + " " + str(text.style)
+    tone = next(
+        (name for word, name in (("red", "s-failed"), ("green", "s-passed"),
+                                 ("yellow", "s-unsupported")) if word in styles),
+        "",
+    )  # fmt: skip
+    return text.plain, tone
+
+
+def sweep_page(
+    path: Path,
+    folder: Path,
+    summary: Summary,
+    metrics: Table,
+    checks: Table,
+    figure_metrics: tuple[str, ...],
+    x: str | None,
+) -> None:
+    """`quicmig sweep report DIR --html FILE`: the sweep's tables and its figure (as inline
+    SVG), one self-contained page."""
+    import tempfile
+
+    from quicmig.sweep.figure import plot_summary
+
+    with tempfile.TemporaryDirectory(prefix="quicmig-sweep-") as tmp:
+        svg_path = Path(tmp) / "figure.svg"
+        plot_summary(summary, svg_path, figure_metrics, x)
+        svg = svg_path.read_text()
+    svg = svg[svg.index("<svg") :]  # the inline element, without the XML prolog
+    body = (
+        f"<h1>Sweep {e(folder.name)}</h1>"
+        f'<p class="lead">{summary.runs} runs in {e(str(folder))}, grouped by the swept '
+        "values: medians with their bootstrap 95 % intervals.</p>"
+        f'<div class="figure">{svg}</div>'
+        f"<h2>Metrics</h2>{rich_table_html(metrics, 'summary', caption=True)}"
+        f"<h2>Checks</h2>{rich_table_html(checks, 'summary', caption=True)}"
+    )
+    text = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; img-src data:\">"
+        f"<title>quicmig · sweep {e(folder.name)}</title>"
+        f"<style>{asset('report.css')}</style></head><body><main>{body}"
+        f"<footer>Made by quicmig {e(__version__)}. One self-contained file.</footer>"
+        "</main></body></html>\n"
+    )
+    write_atomically(path, text)

@@ -20,7 +20,7 @@ from typing import IO, TextIO, cast
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.measure import Measurement
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from quicmig.core.datagram import Address, format_address
@@ -136,37 +136,39 @@ def _lost(mig: MigrationResult) -> str:
 TITLE = "Migrations observed by the server"
 
 
-def _wide_migrations(result: Result, capture: bool) -> Table:
+def _when(mig: MigrationResult, first: float, since: float | None) -> str:
+    """A capture's migration time after the first change (or the first migration)."""
+    return f"{mig.detected_at - (since if since is not None else first):+.3f}"
+
+
+def _wide_migrations(result: Result, capture: bool, since: float | None = None) -> Table:
+    """The table; a capture's has no detection delay, gap or losses (a capture knows no
+    network change, no application data and no loss detection) but its own times."""
     table = Table(title=TITLE, title_justify="left")
     table.add_column("#", justify="right")
     if capture:
         table.add_column("t (s)", justify="right", no_wrap=True)
-        table.add_column("Δ first", justify="right", no_wrap=True)
+        table.add_column("Δ change" if since is not None else "Δ 1st move", justify="right")
     else:
         table.add_column("network change", no_wrap=True)
     table.add_column("server saw", no_wrap=True)
-    table.add_column("after", justify="right", no_wrap=True)
+    if not capture:
+        table.add_column("after", justify="right", no_wrap=True)
     table.add_column("challenge RTT", justify="right", no_wrap=True)
     table.add_column("new DCID", no_wrap=True)
-    table.add_column("gap", justify="right", no_wrap=True)
-    table.add_column("lost / retx", justify="right", no_wrap=True)
+    if not capture:
+        table.add_column("gap", justify="right", no_wrap=True)
+        table.add_column("lost / retx", justify="right", no_wrap=True)
     first = result.migrations[0].detected_at if result.migrations else 0.0
     for index, mig in enumerate(result.migrations, 1):
-        when = (
-            [f"{mig.detected_at:.3f}", f"+{mig.detected_at - first:.3f}"]
-            if capture
-            else [_change(mig)]
-        )
-        table.add_row(
-            str(index),
-            *when,
-            f"{mig.observed.label}\n{_move(mig)}",
-            _ms(mig.detection_delay),
-            _rtt(mig),
-            "yes" if mig.cid_changed else "no",
-            _ms(mig.interruption),
-            _lost(mig),
-        )
+        saw = f"{mig.observed.label}\n{_move(mig)}"
+        dcid = "yes" if mig.cid_changed else "no"
+        if capture:
+            cells = [f"{mig.detected_at:.3f}", _when(mig, first, since), saw, _rtt(mig), dcid]
+        else:
+            cells = [_change(mig), saw, _ms(mig.detection_delay), _rtt(mig), dcid]
+            cells += [_ms(mig.interruption), _lost(mig)]
+        table.add_row(str(index), *cells)
     return table
 
 
@@ -186,13 +188,16 @@ def _pairs(items: list[tuple[str, str]], width: int, indent: int) -> list[Text]:
     return lines
 
 
-def _narrow_migrations(result: Result, width: int, capture: bool) -> Group:
+def _narrow_migrations(
+    result: Result, width: int, capture: bool, since: float | None = None
+) -> Group:
     lines: list[RenderableType] = [Text(TITLE, style="italic")]
     first = result.migrations[0].detected_at if result.migrations else 0.0
     for index, mig in enumerate(result.migrations, 1):
         head = Text(f"{index:>2} ", style="bold")
         if capture:
-            head.append(f"at {mig.detected_at:.3f} s (+{mig.detected_at - first:.3f} s): ")
+            what = "the change" if since is not None else "the first move"
+            head.append(f"t {mig.detected_at:.3f} s ({_when(mig, first, since)} s after {what}): ")
         elif mig.network_change is not None:
             head.append(f"{_change(mig)} → ")
         head.append(mig.observed.label, style="bold")
@@ -209,19 +214,22 @@ def _narrow_migrations(result: Result, width: int, capture: bool) -> Group:
             ("gap", _ms(mig.interruption)),
             ("lost / retx", _lost(mig)),
         ]
+        if capture:  # what a capture cannot know (see _wide_migrations)
+            items = items[1:3]
         lines += _pairs(items, width, 3)
     return Group(*lines)
 
 
 def migrations_table(
-    result: Result, width: int | None = None, capture: bool = False
+    result: Result, width: int | None = None, capture: bool = False, since: float | None = None
 ) -> RenderableType:
     """The migrations: a table where it fits `width` (None: always), else a few lines each.
-    `capture`: times from the capture's first datagram and since the first migration."""
-    wide = _wide_migrations(result, capture)
+    `capture`: times from the capture's first datagram, and relative to the first network
+    change at `since` (on the capture's clock) where it is known, else to the first move."""
+    wide = _wide_migrations(result, capture, since)
     if width is None or fits(wide, width):
         return wide
-    return _narrow_migrations(result, width, capture)
+    return _narrow_migrations(result, width, capture, since)
 
 
 MARKS = {
@@ -448,3 +456,36 @@ def summary_table(results: Sequence[Result], width: int | None = None) -> Render
     if incomplete:
         note += f"\ntransfer incomplete: {', '.join(incomplete)}"
     return Group(table, Text.from_markup(note))
+
+
+def fold_columns(table: Table, width: int, keep: int = 1) -> RenderableType:
+    """`table` as it is where it fits `width` columns, else split into several tables, each
+    with the first `keep` columns (what names a row) and as many of the others as fit
+    whole, so that no cell is cut (`quicmig compare` with many runs at 80 columns)."""
+    if fits(table, width) or len(table.columns) < keep + 2:
+        return table
+    first, others = table.columns[:keep], table.columns[keep:]
+    groups: list[list[int]] = [[]]
+    for index in range(len(others)):
+        trial = _subtable(table, first, [others[i] for i in [*groups[-1], index]], "")
+        if groups[-1] and not fits(trial, width):
+            groups.append([])
+        groups[-1].append(index)
+    parts: list[RenderableType] = []
+    for group in groups:
+        shown = f"s {group[0] + 1}-{group[-1] + 1}" if len(group) > 1 else f" {group[0] + 1}"
+        note = f"; column{shown} of {len(others)}"
+        parts.append(_subtable(table, first, [others[i] for i in group], note))
+    return Group(*parts)
+
+
+def _subtable(table: Table, first: list[Column], columns: list[Column], note: str) -> Table:
+    title = table.title if isinstance(table.title, str) else ""
+    sub = Table(title=title + note, title_justify="left", box=table.box)
+    chosen = [*first, *columns]
+    for column in chosen:
+        sub.add_column(column.header, style=column.style, no_wrap=True, justify=column.justify)
+    cells = [list(column.cells) for column in chosen]
+    for index, row in enumerate(table.rows):
+        sub.add_row(*(c[index] for c in cells), end_section=row.end_section)
+    return sub

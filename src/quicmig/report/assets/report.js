@@ -91,7 +91,7 @@
     var rows = placed.reduce(function (n, l) { return Math.max(n, l.row + 1); }, 0);
     var stripY = 6 + rows * 13, top = stripY + STRIP + TOP;
     this.top = top;
-    var height = top + panels.length * (ph + GAP) - GAP + AXIS;
+    var height = top + Math.max(0, panels.length * (ph + GAP) - GAP) + AXIS;
     var old = this.box.querySelector("svg");
     if (old) old.remove();
     var svg = node("svg", { viewBox: "0 0 " + width + " " + height, width: width, height: height,
