@@ -20,11 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser import HAVE_CHROMIUM, DevTools, _start_chromium, _stop_chromium
+from test_browser import HAVE_CHROMIUM, _start_chromium, _stop_chromium
 
 from quicmig.cli import main
 
 TIMEOUT = 40.0  # seconds for the whole browser session
+FIELDS = (  # of each migration: shown on the page with the Result's value
+    "detected_at",
+    "detection_delay",
+    "validation_rtt",
+    "validated_at",
+    "interruption",
+    "lost_packets",
+    "retransmitted_bytes",
+    "challenges",
+)
 
 # What the page shows, read from the DOM once the script has run.
 COLLECT = """(() => {
@@ -158,8 +168,7 @@ def test_network_switch_report_in_chromium(tmp_path: Path) -> None:
     for shown, mig in zip(dom["migrations"], result["migrations"], strict=True):
         assert shown["chart"]
         numbers = shown["numbers"]
-        for field in ("detected_at", "detection_delay", "validation_rtt", "validated_at",
-                      "interruption", "lost_packets", "retransmitted_bytes", "challenges"):  # fmt: skip
+        for field in FIELDS:
             assert json.loads(numbers[field]["value"]) == mig[field], field
         assert numbers["validation_rtt"]["text"] == f"{mig['validation_rtt'] * 1e3:.1f} ms"
         assert numbers["detection_delay"]["text"] == f"{mig['detection_delay'] * 1e3:.1f} ms"
