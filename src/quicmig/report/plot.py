@@ -12,18 +12,19 @@ in the HTML report.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from quicmig.core.results import Result
 from quicmig.report.charts import Mark, PathSpan, marks, paths, zoom_of
 
 MAX_ZOOMS = 2  # zoomed columns beside the whole run
 PATH_COLOURS = ("#1f6feb", "#bf8700", "#1a7f37", "#8250df")
-MARK_STYLE = {
-    "change": {"color": "#b08800", "linestyle": "--", "linewidth": 1.4},
-    "detected": {"color": "#1f6feb", "linestyle": "-", "linewidth": 1.0},
-    "challenge": {"color": "#bf3989", "linestyle": ":", "linewidth": 1.2},
-    "validated": {"color": "#1a7f37", "linestyle": ":", "linewidth": 1.2},
+LineStyle = Literal["-", "--", ":"]
+MARK_STYLE: dict[str, tuple[str, LineStyle, float]] = {  # colour, line style, width (points)
+    "change": ("#b08800", "--", 1.4),
+    "detected": ("#1f6feb", "-", 1.0),
+    "challenge": ("#bf3989", ":", 1.2),
+    "validated": ("#1a7f37", ":", 1.2),
 }
 SHORT = {
     "change": "network change",
@@ -31,7 +32,7 @@ SHORT = {
     "challenge": "PATH_CHALLENGE",
     "validated": "PATH_RESPONSE",
 }
-PANELS = (
+PANELS: tuple[tuple[str, str, float, str, bool], ...] = (  # key, label, scale, colour, step
     ("delivered", "delivered to the\nclient's app (MB)", 1e-6, "#1f6feb", True),
     ("rtt", "server's smoothed\nRTT (ms)", 1e3, "#bc4c00", False),
     ("cwnd", "server's congestion\nwindow (kB)", 1e-3, "#1a7f37", True),
@@ -40,8 +41,11 @@ PANELS = (
 
 def _series(result: Result, key: str) -> list[tuple[float, float]]:
     series = result.series
-    data = {"delivered": series.delivered, "rtt": series.rtt, "cwnd": series.cwnd}[key]
-    return [(t, float(v)) for t, v in data]
+    if key == "delivered":
+        return [(t, float(v)) for t, v in series.delivered]
+    if key == "rtt":
+        return list(series.rtt)
+    return [(t, float(v)) for t, v in series.cwnd]
 
 
 def _draw(
@@ -52,7 +56,7 @@ def _draw(
     window: tuple[float, float] | None,
     label_marks: bool,
 ) -> None:
-    for ax, (key, label, scale, colour, step) in zip(axes, PANELS, strict=True):
+    for ax, (key, _, scale, colour, step) in zip(axes, PANELS, strict=True):
         for span in spans:
             ax.axvspan(span.start, span.end, color=PATH_COLOURS[span.index % 4], alpha=0.09, lw=0)
         for mig in result.migrations:
@@ -76,7 +80,8 @@ def _draw(
             elif key != "delivered" or window is None:
                 ax.set_ylim(bottom=0)
         for mark in shown:
-            ax.axvline(mark.at, **MARK_STYLE[mark.kind])
+            colour_, style, width = MARK_STYLE[mark.kind]
+            ax.axvline(mark.at, color=colour_, linestyle=style, linewidth=width)
         if window is not None:
             ax.set_xlim(*window)
         ax.grid(True, alpha=0.25)
@@ -96,7 +101,7 @@ def _draw(
             ha="right" if right else "left",
             textcoords="offset points",
             fontsize=9,
-            color=MARK_STYLE[mark.kind]["color"],
+            color=MARK_STYLE[mark.kind][0],
             annotation_clip=False,
         )
 
@@ -107,6 +112,7 @@ def plot_timeline(result: Result, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -140,13 +146,20 @@ def plot_timeline(result: Result, path: Path) -> None:
             ax.tick_params(labelbottom=False)
         for ax in main:  # where the zoom is, on the whole run
             ax.axvspan(zoom.start, zoom.end, color="#57606a", alpha=0.06, lw=0)
-    handles = [
+    handles: list[Artist] = [
         Patch(color=PATH_COLOURS[s.index % 4], alpha=0.25, label=f"server sends to {s.label}")
         for s in {s.address: s for s in spans}.values()
     ]
     handles.append(Patch(color="#cf222e", alpha=0.3, label="new path until PATH_RESPONSE"))
     handles += [
-        Line2D([], [], label=SHORT[kind], **MARK_STYLE[kind])
+        Line2D(
+            [],
+            [],
+            label=SHORT[kind],
+            color=MARK_STYLE[kind][0],
+            linestyle=MARK_STYLE[kind][1],
+            linewidth=MARK_STYLE[kind][2],
+        )
         for kind in ("change", "detected", "challenge", "validated")
         if any(m.kind == kind for m in every)
     ]
