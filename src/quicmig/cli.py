@@ -27,6 +27,11 @@ COMMANDS: dict[str, str] = {  # name -> one line for `quicmig --help`; module qu
 }
 
 
+# What `pip install -r requirements.txt` (or `pip install .`) brings: a missing one is said in
+# one line (the seed scripts run from a clone with nothing installed), not as a traceback.
+DEPENDENCIES = ("aioquic", "cryptography", "rich", "matplotlib")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line with the way to help, exit 2 (argparse prints the usage too)."""
 
@@ -74,3 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("quicmig: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").partition(".")[0]
+        if package not in DEPENDENCIES:
+            raise
+        print(
+            f"quicmig: error: the Python package {package} is missing; install quicmig's "
+            "dependencies with `pip install -r requirements.txt` (from the clone) or "
+            "`pip install .`",
+            file=sys.stderr,
+        )
+        return 1

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import IO, cast
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.prompt import Prompt
 from rich.rule import Rule
@@ -172,18 +172,16 @@ class Demo:
             self.pause("return to the menu")
 
 
-def _menu_table(names: list[str], width: int = WIDTH) -> Table:
-    """Topics, then scenarios, numbered, in as many columns as `width` holds: the whole
-    menu fits a 24-line terminal at 80 columns."""
-    table = Table.grid(padding=(0, 1))
-    entries = [(str(n), t.title) for n, t in enumerate(TOPICS, 1)]
-    scenarios = [(str(n), name) for n, name in enumerate(names, len(TOPICS) + 1)]
+def _menu_table(names: list[str], width: int = WIDTH) -> Group:
+    """Topics, then scenarios, numbered, in as many columns as `width` holds: the intro and
+    the whole menu fit a 24-line terminal at 80 columns."""
     columns = 3 if width >= 120 else 2
-    for _ in range(columns):
-        table.add_column(justify="right", style="bold cyan", no_wrap=True)
-        table.add_column(ratio=1)
 
-    def add(items: list[tuple[str, str]]) -> None:
+    def grid(items: list[tuple[str, str]]) -> Table:
+        table = Table.grid(padding=(0, 1))
+        for _ in range(columns):
+            table.add_column(justify="right", style="bold cyan", no_wrap=True)
+            table.add_column(ratio=1)
         rows = -(-len(items) // columns)
         for row in range(rows):
             cells: list[str] = []
@@ -192,12 +190,16 @@ def _menu_table(names: list[str], width: int = WIDTH) -> Table:
                 number, text = items[index] if index < len(items) else ("", "")
                 cells += [number, text]
             table.add_row(*cells)
+        return table
 
-    table.add_row("", "[bold]Topics")
-    add(entries)
-    table.add_row("", "[bold]Scenarios[/bold] [dim](run in the simulator with real aioquic)")
-    add(scenarios)
-    return table
+    topics = [(str(n), t.title) for n, t in enumerate(TOPICS, 1)]
+    scenarios = [(str(n), name) for n, name in enumerate(names, len(TOPICS) + 1)]
+    return Group(
+        Text.from_markup("[bold]Topics"),
+        grid(topics),
+        Text.from_markup("[bold]Scenarios[/bold] [dim](run in the simulator, real aioquic)"),
+        grid(scenarios),
+    )
 
 
 def _setup(scenario: Scenario) -> Text:

@@ -13,6 +13,7 @@ import functools
 import io
 import os
 import sys
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import IO, TextIO, cast
@@ -279,6 +280,39 @@ def _hanging(text: str, width: int, indent: int) -> Text:
         out.append(" " * indent)
         out.append_text(part)
     return out
+
+
+def hanging(markup: str, width: int, indent: int = 4) -> Text:
+    """`markup` wrapped to `width` columns between words, the lines after the first indented
+    by `indent` (a log line or a check at 80 columns)."""
+    text = Text.from_markup(markup)
+    out = Text()
+    lines = list(text.wrap(_MEASURE, max(20, width)))
+    if len(lines) > 1:  # wrap again, the rest narrower by the indent
+        first = lines[0]
+        rest = text[len(first.plain) :]
+        rest = rest[len(rest.plain) - len(rest.plain.lstrip()) :]  # the space it broke at
+        lines = [first, *rest.wrap(_MEASURE, max(20, width - indent))]
+    for number, part in enumerate(lines):
+        if number:
+            out.append("\n" + " " * indent)
+        part.rstrip()
+        out.append_text(part)
+    return out
+
+
+def log_line(line: str, indent: int = 3) -> str:
+    """A log line as printed: wrapped between words at the terminal's width (or COLUMNS);
+    piped without COLUMNS, one line per event, as it is."""
+    if not sys.stdout.isatty() and not os.environ.get("COLUMNS", "").isdigit():
+        return line
+    width = console_width(Console())
+    if len(line) <= width:
+        return line
+    return textwrap.fill(
+        line, width, subsequent_indent=" " * indent, break_long_words=False,
+        break_on_hyphens=False,
+    )  # fmt: skip
 
 
 def checks_table(result: Result, width: int | None = None) -> RenderableType:
