@@ -11,10 +11,12 @@ import pytest
 from rich.console import Console
 
 from quicmig.cli import main
+from quicmig.core.results import Result
 from quicmig.demo import menu
 from quicmig.demo.content import TOPICS
 from quicmig.lab import system
 from quicmig.live.certs import CertPaths
+from quicmig.model.loader import builtin_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,3 +137,29 @@ def test_client_with_a_name_the_certificate_lacks_says_which_names_it_has(
     assert err.count("\n") == 1
     assert "not for 'example.com'; it names localhost, 127.0.0.1" in err
     assert "--server-name" in err and "Pattern" not in err and "CA" not in err
+
+
+def test_interrupted_run_all_leaves_whole_scenarios_and_says_how_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quicmig.report import plot
+
+    drawn: list[str] = []
+    real = plot.plot_timeline
+
+    def draw(result: Result, path: Path) -> None:
+        drawn.append(result.scenario)
+        if len(drawn) == 3:  # Ctrl-C while the third scenario's files are being written
+            raise KeyboardInterrupt
+        real(result, path)
+
+    monkeypatch.setattr(plot, "plot_timeline", draw)
+    out = tmp_path / "out"
+    assert main(["run", "all", "--out", str(out), "--workers", "1", "-q"]) == 130
+    names = builtin_names()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["INCOMPLETE"] + [f"{n}.{x}" for n in names[:2] for x in ("json", "png")]
+    )
+    note = (out / "INCOMPLETE").read_text()
+    assert note == f"interrupted after 2 of {len(names)} scenarios: {names[0]}, {names[1]}\n"
+    assert f"interrupted after 2 of {len(names)} scenarios" in capsys.readouterr().err

@@ -259,9 +259,9 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
                 if "error" in record:
                     raise QuicmigError(f"{task.name}: the run failed: {record['error']}")
                 result = Result.from_dict(record)
-                results.append(result)
                 if args.out is not None:
                     _write_one(result, args.out, args.with_series)
+                results.append(result)  # finished: its files (if any) are whole
                 progress.advance(overall)
     except KeyboardInterrupt:
         if args.out is not None:
@@ -275,7 +275,7 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
             + (f"; {args.out} holds theirs and an {INCOMPLETE} note" if args.out else ""),
             file=sys.stderr,
         )
-        raise
+        return 130
     if not args.quiet:
         console.print(summary_table(results, console.width))
     if args.json is not None:
@@ -293,10 +293,19 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
 
 
 def _write_one(result: Result, folder: Path, series: bool) -> None:
+    """A scenario's JSON and figure, both or neither (Ctrl-C included): each is written
+    whole to its own name, and the first is taken back if the second does not make it."""
     from quicmig.report.plot import plot_timeline
 
-    _dump([result], folder / f"{result.scenario}.json", series)
-    plot_timeline(result, folder / f"{result.scenario}.png")
+    figure = folder / f"{result.scenario}.png"
+    data = folder / f"{result.scenario}.json"
+    try:
+        plot_timeline(result, figure)
+        _dump([result], data, series)
+    except BaseException:
+        for path in (figure, data):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _report_one(

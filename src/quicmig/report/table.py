@@ -421,7 +421,7 @@ SUMMARY_TITLE = "Scenarios"
 SUMMARY_LAYOUTS: tuple[tuple[str, ...], ...] = (
     ("verdict", "expected", "migrations", "RTT", "gap", "transfer", "sim time", "wall"),
     ("verdict", "expected", "migrations", "RTT", "gap", "transfer"),
-    ("verdict as expected?", "migrations", "RTT", "gap"),
+    ("verdict ✓", "migrations", "RTT", "gap"),
 )
 
 
@@ -435,15 +435,11 @@ def _summary_cells(result: Result) -> dict[str, str]:
         if result.as_expected
         else f"[bold red]{result.expected_verdict.value}[/bold red]"
     )
-    both = verdict + (
-        " [green]✓[/green]"
-        if result.as_expected
-        else f" [bold red]✗ expected {result.expected_verdict.value}[/bold red]"
-    )
+    both = verdict + (" [green]✓[/green]" if result.as_expected else " [bold red]✗[/bold red]")
     return {
         "verdict": verdict,
         "expected": expected,
-        "verdict as expected?": both,
+        "verdict ✓": both,
         "migrations": _kinds([m.observed for m in result.migrations]),
         "RTT": _ms(max(rtts)) if rtts else "-",
         "gap": _ms(max(gaps)) if gaps else "-",
@@ -461,10 +457,13 @@ def _summary(results: Sequence[Result], columns: tuple[str, ...], heavy: bool) -
         title=SUMMARY_TITLE,
         title_justify="left",
         box=box.HEAVY_HEAD if heavy else box.SIMPLE_HEAD,
+        pad_edge=heavy,
+        show_edge=heavy,
     )
     table.add_column("scenario", no_wrap=True)
     for column in columns:
-        table.add_column(column, no_wrap=True, justify="right" if column in RIGHT else "left")
+        header = "verdict" if column == "verdict ✓" else column
+        table.add_column(header, no_wrap=True, justify="right" if column in RIGHT else "left")
     for result in results:
         cells = _summary_cells(result)
         table.add_row(result.scenario, *(cells[c] for c in columns))
@@ -486,7 +485,12 @@ def summary_table(results: Sequence[Result], width: int | None = None) -> Render
     if "transfer" in headers:
         return table
     incomplete = [r.scenario for r in results if not r.transfer.intact]
-    note = "[dim]✓: the verdict the scenario documents (see quicmig scenarios)[/dim]"
+    unexpected = [
+        f"{r.scenario} (expected {r.expected_verdict.value})" for r in results if not r.as_expected
+    ]
+    note = "[dim]✓: the verdict the scenario documents (see quicmig scenarios); ✗: not[/dim]"
+    if unexpected:
+        note += f"\n[bold red]unexpected: {', '.join(unexpected)}[/bold red]"
     if incomplete:
         note += f"\ntransfer incomplete: {', '.join(incomplete)}"
     return Group(table, Text.from_markup(note))
