@@ -380,7 +380,12 @@ def live_result(
         from quicmig.proxy.driver import ProxyDriver
 
         network = ProxyDriver.for_scenario(scenario, seed, pcap)
-    live = LiveBackend(network, client=ClientOptions(timeout=timeout))
+    recorder = None
+    if html is not None:
+        from quicmig.report.recording import LiveRecorder
+
+        recorder = LiveRecorder()
+    live = LiveBackend(network, client=ClientOptions(timeout=timeout), on_server=recorder)
     try:
         result = run_stoppable(execute(scenario, live, options))
     finally:
@@ -390,6 +395,9 @@ def live_result(
             lab.close()
     if pcap is not None:
         result.files["pcap"] = str(pcap)
+    if recorder is not None:
+        # The proxy and the lab both translate the client's address, as a NAT does.
+        result = recorder.result(result, nat=True)
     result = replace(result, command=command)
     console = make_console()
     _report_one(console, scenario, result, plot, json_path, quiet, html)

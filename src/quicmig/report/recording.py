@@ -9,8 +9,9 @@ a diagram can show the NAT translating it. Only public attributes of the simulat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from aioquic.quic.logger import QuicLogger, QuicLoggerTrace
 
@@ -32,6 +33,9 @@ from quicmig.core.tracker import MigrationTracker
 from quicmig.model.scenario import Scenario
 from quicmig.runner import RunOptions, run
 from quicmig.sim.runner import SimBackend, Simulation
+
+if TYPE_CHECKING:
+    from quicmig.live.server import LiveServer
 
 
 class WireTap:
@@ -57,18 +61,23 @@ class WireTap:
 
 
 class RecordingLogger(QuicLogger):
-    """Hands aioquic the simulator's own traces, with a recorder in front of each tracker."""
+    """Hands aioquic the server's own traces, with a recorder in front of each tracker.
 
-    def __init__(self, base: TapLogger, wire: WireTap) -> None:
+    `socket_of_arriving` names the client socket of the datagram being received, where the
+    client's side is watched (the simulator's WireTap); None elsewhere."""
+
+    def __init__(
+        self, base: TapLogger, socket_of_arriving: Callable[[], Address | None] | None = None
+    ) -> None:
         super().__init__()
         self.base = base
-        self.wire = wire
+        self.socket_of_arriving = socket_of_arriving or (lambda: None)
         self.recorders: list[PacketRecorder] = []
 
     def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
         inner = self.base.next_observer
         if inner is not None:
-            recorder = PacketRecorder(inner, self.wire.client_socket_of_arriving)
+            recorder = PacketRecorder(inner, self.socket_of_arriving)
             self.recorders.append(recorder)
             self.base.next_observer = recorder
         return self.base.start_trace(is_client=is_client, odcid=odcid)
@@ -94,7 +103,7 @@ def record(scenario: Scenario, options: RunOptions | None = None) -> Recording:
 
     def watch(sim: Simulation) -> None:
         wire = WireTap(sim.server.local)
-        logger = RecordingLogger(sim.server_logger, wire)
+        logger = RecordingLogger(sim.server_logger, wire.client_socket_of_arriving)
         sim.server.endpoint.configuration.quic_logger = logger
         sim.network.tap_interface(sim.server.ref, wire.on_server_interface)
         for host in sim.scenario.topology.clients:
@@ -187,3 +196,42 @@ def capture_packet_log(
         nat=False,
         path_events=path_events(target.tracker, target.server, records[0].at if records else 0.0),
     )
+
+
+class LiveRecorder:
+    """The recorder for a live run's own server (`LiveBackend(on_server=...)`): installed in
+    the server's configuration once it listens, so each connection aioquic creates gets one."""
+
+    def __init__(self) -> None:
+        self.logger: RecordingLogger | None = None
+        self.server: Address | None = None
+
+    def __call__(self, server: LiveServer) -> None:
+        configuration = server.listeners[0].endpoint.configuration
+        base = configuration.quic_logger
+        if not isinstance(base, TapLogger):
+            return
+        self.logger = RecordingLogger(base)
+        self.server = server.addresses[0]
+        for listener in server.listeners:
+            listener.endpoint.configuration.quic_logger = self.logger
+
+    def result(self, result: Result, nat: bool) -> Result:
+        """`result` with the packet log of the server's first connection."""
+        recorders = self.logger.recorders if self.logger is not None else []
+        if not recorders:
+            return result
+        recorder = recorders[0]
+        records = recorder.finished()
+        tracker = recorder.inner if isinstance(recorder.inner, MigrationTracker) else None
+        first = records[0].at if records else 0.0
+        events = path_events(tracker, self.server, first) if tracker is not None else []
+        log = packet_log(
+            records,
+            result.migrations,
+            result.network_changes,
+            source="tap",
+            nat=nat,
+            path_events=events,
+        )
+        return replace(result, packets=log)
