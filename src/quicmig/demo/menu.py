@@ -294,7 +294,7 @@ def _outcome(result: Result, scenario: Scenario, width: int) -> Text:
         CheckState.PASSED: ("✓", "green"),
         CheckState.FAILED: ("✗", "red"),
         CheckState.UNSUPPORTED: ("?", "yellow"),
-        CheckState.NOT_APPLICABLE: ("-", "dim"),
+        CheckState.NOT_APPLICABLE: ("n/a", "dim"),
     }
     text.append("\nChecks:")
     column = len("Checks:")

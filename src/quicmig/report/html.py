@@ -61,6 +61,12 @@ FILE_WORDS = {
 }
 
 
+SOURCE_WORDS = {
+    "tap": "as the server's aioquic sent and received them",
+    "capture": "as the capture shows them, decrypted",
+}
+
+
 def e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -182,13 +188,15 @@ def _facts(result: Result) -> str:
     return f'<div class="facts">{items}</div>'
 
 
-def story_of(mig: MigrationResult, index: int, capture: bool = False) -> str:
-    """What happened in one migration, in words, from its numbers."""
+def story_of(mig: MigrationResult, index: int, capture: bool = False, detail: str = "") -> str:
+    """What happened in one migration, in words, from its numbers (`detail`: the network
+    change's own words)."""
     parts: list[str] = []
     old, new = format_address(mig.old_peer), format_address(mig.new_peer)
     if mig.network_change is not None and mig.network_change_at is not None:
+        what = e(mig.network_change.value) + (f": {e(detail)}" if detail else "")
         parts.append(
-            f"At {mig.network_change_at:.3f} s the network changed ({e(mig.network_change.value)})."
+            f"At {mig.network_change_at:.3f} s the network changed ({what})."
             f" {ms(mig.detection_delay)} later the server received the client's first "
             "non-probing packet"
         )
@@ -482,7 +490,11 @@ def section(result: Result, index: int, base: Path, info: About | None = None) -
     out.append(f'<section id="{prefix}-story"><h2>What happened</h2>')
     if result.migrations:
         out.append('<ol class="story">')
-        out += [story_of(m, i, capture) for i, m in enumerate(result.migrations)]
+        details = {c.at: c.detail for c in result.network_changes}
+        out += [
+            story_of(m, i, capture, details.get(m.network_change_at or -1.0, ""))
+            for i, m in enumerate(result.migrations)
+        ]
         out.append("</ol>")
     else:
         out.append("<p>The server saw no migration: every packet came from one address.</p>")
@@ -505,7 +517,7 @@ def section(result: Result, index: int, base: Path, info: About | None = None) -
         window = windows.get(i)
         if window is not None and log is not None:
             out.append(
-                f"<h3>The packets around it ({e(log.source)})</h3>"
+                f"<h3>The packets around it ({SOURCE_WORDS.get(log.source, e(log.source))})</h3>"
                 + sequence_table(log, window, result, f"{prefix}-m{i + 1}-seq")
             )
         else:
