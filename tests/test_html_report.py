@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
+import os
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser import HAVE_CHROMIUM, _start_chromium, _stop_chromium
 
 from quicmig.cli import main
+from quicmig.interop.chromium_client import Browser, DevTools
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = os.access(CHROMIUM, os.X_OK)
 TIMEOUT = 40.0  # seconds for the whole browser session
 FIELDS = (  # of each migration: shown on the page with the Result's value
     "detected_at",
@@ -93,9 +96,11 @@ def _flags(profile: Path) -> list[str]:
 
 async def _open(page: Path, folder: Path) -> dict[str, Any]:
     """Load `page` in Chromium; return the DOM's findings, the requests, errors, screenshot."""
-    chromium, devtools, pipe = await _start_chromium(
-        _flags(folder / "profile"), folder / "chromium.log"
-    )
+    async with Browser(CHROMIUM, _flags(folder / "profile"), folder / "chromium.log") as devtools:
+        return await _inspect(devtools, page, folder)
+
+
+async def _inspect(devtools: DevTools, page: Path, folder: Path) -> dict[str, Any]:
     requests: list[str] = []
     errors: list[str] = []
     loaded = asyncio.Event()
@@ -113,37 +118,30 @@ async def _open(page: Path, folder: Path) -> dict[str, Any]:
             loaded.set()
 
     devtools.on_event = on_event
-    try:
-        target = await devtools.send("Target.createTarget", {"url": "about:blank"})
-        attached = await devtools.send(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
-        )
-        session = attached["sessionId"]
-        for domain in ("Network", "Page", "Runtime", "Log"):
-            await devtools.send(f"{domain}.enable", session=session)
-        await devtools.send("Page.navigate", {"url": page.as_uri()}, session)
-        await loaded.wait()
+    target = await devtools.send("Target.createTarget", {"url": "about:blank"})
+    attached = await devtools.send(
+        "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+    )
+    session = attached["sessionId"]
+    for domain in ("Network", "Page", "Runtime", "Log"):
+        await devtools.send(f"{domain}.enable", session=session)
+    await devtools.send("Page.navigate", {"url": page.as_uri()}, session)
+    await loaded.wait()
 
-        async def evaluate(expression: str) -> Any:
-            answer = await devtools.send(
-                "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session
-            )
-            assert "exceptionDetails" not in answer, answer
-            return answer["result"]["value"]
-
-        dom = await evaluate(COLLECT)
-        shot = await devtools.send(
-            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session
+    async def evaluate(expression: str) -> Any:
+        answer = await devtools.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session
         )
-        (folder / "report.png").write_bytes(base64.b64decode(shot["data"]))
-        zoomed = await evaluate(ZOOM)
-        with contextlib.suppress(AssertionError, TimeoutError):
-            await asyncio.wait_for(devtools.send("Browser.close"), 5)
-        return {"dom": dom, "zoomed": zoomed, "requests": requests, "errors": errors}
-    finally:
-        await devtools.aclose()
-        pipe.close()
-        await _stop_chromium(chromium)
+        assert "exceptionDetails" not in answer, answer
+        return answer["result"]["value"]
+
+    dom = await evaluate(COLLECT)
+    shot = await devtools.send(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session
+    )
+    (folder / "report.png").write_bytes(base64.b64decode(shot["data"]))
+    zoomed = await evaluate(ZOOM)
+    return {"dom": dom, "zoomed": zoomed, "requests": requests, "errors": errors}
 
 
 @pytest.mark.skipif(not HAVE_CHROMIUM, reason="needs Debian's chromium package")
