@@ -186,7 +186,11 @@ def server_extensions(stack: str) -> QuicExtensions:
 
 
 def _log(line: str) -> None:
-    print(line, flush=True)
+    """One event per line; in a terminal narrower than the line, wrapped between words with
+    the rest indented (the terminal itself would cut words and addresses)."""
+    from quicmig.report.table import log_line
+
+    print(log_line(line), flush=True)
 
 
 async def serve(
@@ -231,9 +235,9 @@ async def serve(
             _log("🚫 disable_active_migration sent: clients must not migrate actively")
         _log("📋 Server supports connection migration")
         first = format_address(addresses[0])
-        shown = first.replace("127.0.0.1", "localhost")
         _log(f"   ALPN quicmig: the message protocol of `quicmig client --port {addresses[0][1]}`")
-        _log(f"   ALPN h3: HTTP/3 at https://{shown}/ , /migrations (JSON), /bytes/N, /fetch/N")
+        # The address itself: Chromium takes `localhost` to ::1, where the server may not be.
+        _log(f"   ALPN h3: HTTP/3 at https://{first}/ , /migrations (JSON), /bytes/N, /fetch/N")
         if paths.ca.is_file():
             _log(f"   certificate {paths.cert}, clients verify it against {paths.ca}")
         else:

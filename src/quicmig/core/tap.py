@@ -13,11 +13,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aioquic.quic.logger import QLOG_VERSION, QuicLogger, QuicLoggerTrace
 
 from quicmig.core.datagram import Address
+
+if TYPE_CHECKING:
+    from quicmig.core.tracker import MigrationTracker
 
 Clock = Callable[[], float]
 
@@ -115,11 +118,31 @@ class TapTrace(QuicLoggerTrace):
             self.observer.on_packets_sent([_packet(at, peer, data, local) for at, data in group])
 
     def to_dict(self) -> dict[str, Any]:
+        """The trace as qlog, with the qlog draft's path events of what the server observed
+        (`quicmig.core.qlogpaths`: aioquic 1.7 logs none) among aioquic's own events."""
         trace = super().to_dict()
         trace["events"] = self.events
+        tracker = _tracker_of(self.observer)
+        if tracker is not None and self.events:
+            from quicmig.core.qlogpaths import path_events
+
+            start = self.events[0]["time"] / 1e3
+            added = path_events(tracker, None, start)
+            trace["events"] = sorted([*self.events, *added], key=lambda e: float(e["time"]))
         trace["common_fields"]["time_format"] = "relative"
         trace["common_fields"]["reference_time"] = 0
         return trace
+
+
+def _tracker_of(observer: object) -> MigrationTracker | None:
+    """The MigrationTracker behind an observer (recorders pass packets on as `inner`)."""
+    from quicmig.core.tracker import MigrationTracker
+
+    for _ in range(4):
+        if isinstance(observer, MigrationTracker):
+            return observer
+        observer = getattr(observer, "inner", None)
+    return None
 
 
 def _packet(at: float, peer: Address, data: dict[str, Any], local: Address | None = None) -> Packet:
