@@ -4,8 +4,8 @@ Nothing here changes a run. A `PacketRecorder` sits between aioquic's qlog tap a
 connection's `MigrationTracker`: each call is passed on to the tracker unchanged, and a copy
 of the packet is kept. A wire tap on the client interfaces remembers which client socket
 sent each datagram, so a diagram can show the NAT translating it. Only public attributes of
-the simulator are used: the recorder is installed through the server configuration's
-`quic_logger`, which aioquic reads when it creates each connection.
+the simulator are used: the recorder is installed as the server endpoint's
+`observer_factory`, which it calls for each connection it accepts.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioquic.quic.logger import QuicLogger, QuicLoggerTrace
-
 from quicmig.core.datagram import Address, Datagram
 from quicmig.core.endpoint import ServerConnection
 from quicmig.core.results import NetworkChange, Result
-from quicmig.core.tap import Packet, PacketObserver, TapLogger
+from quicmig.core.tap import Packet, PacketObserver
 from quicmig.core.tracker import MigrationTracker, is_probing
 from quicmig.model.scenario import Scenario
 from quicmig.sim.runner import RunOptions, Simulation
@@ -104,25 +102,17 @@ class PacketRecorder:
         return self.lost.get((record.packet.packet_type, record.packet.number))
 
 
-class RecordingLogger(QuicLogger):
-    """Hands aioquic the simulator's own traces, with a recorder in front of each tracker."""
+class Recorders:
+    """The server endpoint's observer factory: a recorder in front of each tracker."""
 
-    def __init__(self, base: TapLogger, wire: WireTap) -> None:
-        super().__init__()
-        self.base = base
+    def __init__(self, wire: WireTap) -> None:
         self.wire = wire
         self.recorders: list[PacketRecorder] = []
 
-    def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
-        inner = self.base.next_observer
-        if inner is not None:
-            recorder = PacketRecorder(inner, self.wire)
-            self.recorders.append(recorder)
-            self.base.next_observer = recorder
-        return self.base.start_trace(is_client=is_client, odcid=odcid)
-
-    def end_trace(self, trace: QuicLoggerTrace) -> None:
-        self.base.end_trace(trace)
+    def __call__(self, tracker: MigrationTracker) -> PacketObserver:
+        recorder = PacketRecorder(tracker, self.wire)
+        self.recorders.append(recorder)
+        return recorder
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +132,8 @@ def observe(scenario: Scenario, seed: int = 1) -> Observation:
     """Run `scenario` in the simulator exactly as `run_scenario` does, recording packets."""
     sim = Simulation(scenario, RunOptions(seed=seed))
     wire = WireTap(sim.server.local)
-    logger = RecordingLogger(sim.server_logger, wire)
-    sim.server.endpoint.configuration.quic_logger = logger
+    recorders = Recorders(wire)
+    sim.server.endpoint.observer_factory = recorders  # before any connection exists
     sim.network.tap_interface(sim.server.ref, wire.on_server_interface)
     topology = sim.scenario.topology
     for host in topology.clients:
@@ -152,7 +142,7 @@ def observe(scenario: Scenario, seed: int = 1) -> Observation:
     result = sim.run()
     connections: list[ServerConnection] = sim.server.endpoint.connections
     tracker = connections[0].tracker if connections else None
-    recorder = next((r for r in logger.recorders if r.inner is tracker), None)
+    recorder = next((r for r in recorders.recorders if r.inner is tracker), None)
     return Observation(
         scenario=sim.scenario,
         result=result,
