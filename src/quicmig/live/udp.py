@@ -70,7 +70,12 @@ async def open_socket(
 ) -> UdpSocket:
     """Bind a UDP socket to `local` (port 0: any free port). `role` names it in errors, and
     `fix` says how to choose another port (the option of the command that binds it)."""
-    loop = asyncio.get_running_loop()
+    return await wrap_socket(bind_socket(local, role, fix), on_datagram)
+
+
+def bind_socket(local: Address, role: str, fix: str = PORT_FIX) -> socket.socket:
+    """A non-blocking UDP socket bound to `local` now (its port is known before anything can
+    arrive on it: wrap it with wrap_socket() once its handler is ready)."""
     host = local[0]
     try:
         family = family_of(host)
@@ -78,17 +83,28 @@ async def open_socket(
         raise QuicmigError(f"{host!r} is not an IP address ({role})") from exc
     namespace = netns.current()
     try:
-        if namespace is None:
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: UdpSocket(on_datagram), local_addr=local, family=family
-            )
-        else:  # inside the namespace lab (quicmig.live.netns)
-            sock = netns.bound_socket(namespace, family, local)
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: UdpSocket(on_datagram), sock=sock
-            )
+        if namespace is not None:  # inside the namespace lab (quicmig.live.netns)
+            return netns.bound_socket(namespace, family, local)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(local)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     except OSError as exc:
         raise QuicmigError(bind_error(local, exc, role, fix)) from exc
+
+
+async def wrap_socket(sock: socket.socket, on_datagram: DatagramHandler) -> UdpSocket:
+    """Hand a bound socket to the event loop: from now on `on_datagram` gets its datagrams."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, protocol = await loop.create_datagram_endpoint(lambda: UdpSocket(on_datagram), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     if protocol.transport is None:  # connection_made() runs soon after creation
         await asyncio.sleep(0)
     return protocol
