@@ -21,7 +21,10 @@ from quicmig.live.stop import STOP_SIGNALS
 from quicmig.model.settings import apply_link_settings, check_seconds
 from quicmig.proxy.control import DEFAULT_CONTROL, ControlServer, send_request
 from quicmig.proxy.core import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_TIMEOUT,
     DEFAULT_UPSTREAM_TIMEOUT,
+    EVICT_IDLE,
     Proxy,
     ProxyConfig,
     describe,
@@ -128,6 +131,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="fail when the upstream never answers within S seconds "
         f"(default {DEFAULT_UPSTREAM_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=DEFAULT_SESSION_TIMEOUT,
+        metavar="S",
+        help="a client's mapping expires after S seconds without traffic, as in a NAT "
+        f"(default {DEFAULT_SESSION_TIMEOUT:g}: Linux conntrack's, and RFC 4787's minimum); "
+        "its next datagram then gets a new source port",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        metavar="N",
+        help=f"at most N mappings, each one socket (default {DEFAULT_MAX_SESSIONS}, fewer if "
+        "the open-file limit leaves less room); a new source in a full table replaces the "
+        f"mapping idle longest if idle {EVICT_IDLE:g} s, or is refused (counted and logged)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -190,6 +211,9 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
     check_seconds(args.rebind_every, "--rebind-every", zero=False)
     check_seconds(args.duration, "--duration", zero=False)
     check_seconds(args.upstream_timeout, "--upstream-timeout", zero=False)
+    check_seconds(args.session_timeout, "--session-timeout", zero=False)
+    if args.max_sessions < 1:
+        raise InputError(f"--max-sessions {args.max_sessions}: at least 1")
     switches = [(at, name) for at, name in _pairs(args.switch, "--switch", "PROFILE")]
     for _, name in switches:
         profile_named(name)
@@ -217,6 +241,8 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         pcap=args.pcap,
         seed=args.seed,
         upstream_timeout=args.upstream_timeout,
+        session_timeout=args.session_timeout,
+        max_sessions=args.max_sessions,
     )
 
 
@@ -331,5 +357,7 @@ def _done_line(proxy: Proxy) -> str:
         f"{stats.to_upstream} to the upstream, {stats.from_upstream} back, "
         f"{stats.to_client} to the client; lost {proxy.up.stats.lost}+"
         f"{proxy.down.stats.lost}, queue drops {proxy.up.stats.queue_drops}+"
-        f"{proxy.down.stats.queue_drops}, blackholed {stats.blackholed}"
+        f"{proxy.down.stats.queue_drops}, blackholed {stats.blackholed}; sessions opened "
+        f"{stats.sessions_opened}, expired {stats.sessions_expired}, evicted "
+        f"{stats.sessions_evicted}, sources refused {stats.refused}"
     )
