@@ -310,6 +310,19 @@ def _flip(data: bytes, position: int, bit: int) -> bytes:
     return data[:position] + bytes([data[position] ^ (1 << bit)]) + data[position + 1 :]
 
 
+def test_a_damaged_initial_keeps_no_state() -> None:
+    """An Initial that does not decrypt takes no half-open slot and gets no answer; the same
+    Initial intact starts a connection."""
+    endpoint = server(limits=ServerLimits(max_half_open=1))
+    addr: Address = ("192.0.2.66", 40000)
+    initial = INITIALS[0]
+    endpoint.receive_datagram(_flip(initial, 600, 3), addr, 0.0)  # inside the AEAD payload
+    assert endpoint.datagrams_to_send(0.0) == [] and endpoint.connections == []
+    assert (endpoint.stats.unauthenticated, endpoint.stats.half_open) == (1, 0)
+    endpoint.receive_datagram(initial, addr, 0.1)
+    assert endpoint.datagrams_to_send(0.1) and endpoint.stats.half_open == 1
+
+
 @settings(
     max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )

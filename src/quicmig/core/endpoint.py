@@ -386,6 +386,7 @@ class EndpointStats:
     retries: int = 0  # Retry packets sent (RFC 9000 section 8.1.2)
     bad_tokens: int = 0  # Initials with a token that failed validation, dropped
     version_negotiations: int = 0  # Version Negotiation packets sent (RFC 9000 section 6)
+    unauthenticated: int = 0  # Initials for a new connection that did not decrypt: dropped
     unroutable: int = 0  # datagrams matching no connection and starting none
     records_dropped: int = 0  # closed connections dropped from the history
     migrations_dropped: int = 0  # migrations those connections had
@@ -500,16 +501,37 @@ class ServerEndpoint:
             and len(data) >= SMALLEST_INITIAL
         ):
             server_conn = self._admit(header, addr, local, now)
-        if server_conn is None or not isinstance(server_conn.conn, QuicConnection):
+            if server_conn is None:
+                return
+            self._receive(server_conn, data, addr, local, now)
+            if not server_conn.tracker.peers_seen:
+                # Nothing in it authenticated (a forged or damaged Initial): no state is
+                # kept, no half-open slot taken, nothing was sent.
+                self.stats.unauthenticated += 1
+                self._logger.discard(server_conn.trace)
+                return
+            self._register(server_conn)
+        elif server_conn is None or not isinstance(server_conn.conn, QuicConnection):
             self.stats.unroutable += 1
             return
-        trace = server_conn.trace
-        assert trace is not None
+        else:
+            self._receive(server_conn, data, addr, local, now)
+        self._after_input(server_conn, now)
+
+    def _receive(
+        self,
+        server_conn: ServerConnection,
+        data: bytes,
+        addr: Address,
+        local: Address | None,
+        now: float,
+    ) -> None:
+        conn, trace = server_conn.conn, server_conn.trace
+        assert isinstance(conn, QuicConnection) and trace is not None
         trace.peer = addr
         trace.local = local
-        server_conn.conn.receive_datagram(data, _path_key(addr, local), now=now)
+        conn.receive_datagram(data, _path_key(addr, local), now=now)
         trace.after_receive()
-        self._after_input(server_conn, now)
 
     def _negotiate_version(
         self,
@@ -583,6 +605,7 @@ class ServerEndpoint:
         return self._accept(original_dcid, retry_scid, now)
 
     def _accept(self, odcid: bytes, retry_scid: bytes | None, now: float) -> ServerConnection:
+        """A new connection, not yet routed or counted (see _register)."""
         tracker = self.tracker_factory()
         observer = tracker if self.observer_factory is None else self.observer_factory(tracker)
         trace = self._logger.trace(is_client=False, odcid=odcid, observer=observer)
@@ -593,15 +616,19 @@ class ServerEndpoint:
             original_destination_connection_id=odcid,
             retry_source_connection_id=retry_scid,
         )
-        number = next(self._numbers)
-        server_conn = ServerConnection(number, conn, tracker, trace, now)
+        server_conn = ServerConnection(0, conn, tracker, trace, now)
+        server_conn.cids.update({retry_scid or odcid, conn.host_cid})
+        return server_conn
+
+    def _register(self, server_conn: ServerConnection) -> None:
+        """Its first Initial authenticated: number it, route its IDs, count it half-open."""
+        server_conn.number = number = next(self._numbers)
         self._open[number] = server_conn
         self._kept[number] = server_conn
         self.stats.accepted += 1
         self.stats.half_open += 1
-        for cid in (retry_scid or odcid, conn.host_cid):
+        for cid in list(server_conn.cids):
             self._route(server_conn, cid)
-        return server_conn
 
     def _route(self, server_conn: ServerConnection, cid: bytes) -> None:
         self._by_cid[cid] = server_conn

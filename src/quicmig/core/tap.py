@@ -173,6 +173,11 @@ class TapLogger(QuicLogger):
     def end_trace(self, trace: QuicLoggerTrace) -> None:
         """Traces stay in memory until write_qlogs()."""
 
+    def discard(self, trace: TapTrace | None) -> None:
+        """Forget a trace whose connection was never kept (no qlog for it)."""
+        if trace is not None and self.traces and self.traces[-1] is trace:  # the newest
+            self.traces.pop()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "qlog_format": "JSON",
