@@ -316,7 +316,7 @@ def test_a_damaged_initial_keeps_no_state() -> None:
     endpoint = server(limits=ServerLimits(max_half_open=1))
     addr: Address = ("192.0.2.66", 40000)
     initial = INITIALS[0]
-    endpoint.receive_datagram(_flip(initial, 600, 3), addr, 0.0)  # inside the AEAD payload
+    endpoint.receive_datagram(_flip(initial, 100, 3), addr, 0.0)  # inside the AEAD payload
     assert endpoint.datagrams_to_send(0.0) == [] and endpoint.connections == []
     assert (endpoint.stats.unauthenticated, endpoint.stats.half_open) == (1, 0)
     endpoint.receive_datagram(initial, addr, 0.1)
