@@ -59,6 +59,10 @@ MIGRATIONS_VERB = "MIGRATIONS"
 DEFAULT_MAX_HALF_OPEN = 1000  # connections: handshakes in progress per listening address
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds: a handshake not done by then is dropped
 RECOVERY_SAMPLES = 4096  # per connection: the figure needs far fewer (see MigrationTracker)
+# bytes: the listening socket's receive buffer. Many clients' datagrams queue there while the
+# server is busy; the default (about 200 kB) overflows and the kernel drops what does not fit,
+# which stalls migrating clients (a lost PATH_CHALLENGE on an amplification-limited path).
+RECEIVE_BUFFER = 4 << 20
 LIVE_LIMITS = ServerLimits(DEFAULT_HISTORY, DEFAULT_MAX_HALF_OPEN, DEFAULT_HANDSHAKE_TIMEOUT)
 
 Log = Callable[[str], None]
@@ -106,7 +110,9 @@ class Listener:
         self.timer = Timer(self._on_timer, server.now)
 
     async def open(self, local: Address) -> Address:
-        self.socket = await open_socket(local, self._on_datagram, "server")
+        self.socket = await open_socket(
+            local, self._on_datagram, "server", receive_buffer=RECEIVE_BUFFER
+        )
         self.local = self.socket.local
         return self.local
 
@@ -249,7 +255,11 @@ class LiveServer:
     ) -> None:
         # The preferred socket is bound first (no client knows it yet): its real port goes
         # into the transport parameters of the class the endpoint is built with.
-        bound = bind_socket(preferred, "preferred address") if preferred is not None else None
+        bound = (
+            bind_socket(preferred, "preferred address", receive_buffer=RECEIVE_BUFFER)
+            if preferred is not None
+            else None
+        )
         try:
             settings = ServerSettings(
                 None if bound is None else _sockname(bound), self.disable_active_migration

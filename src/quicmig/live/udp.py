@@ -66,16 +66,28 @@ PORT_FIX = "choose another port (--port, or the port in --listen)"
 
 
 async def open_socket(
-    local: Address, on_datagram: DatagramHandler, role: str, fix: str = PORT_FIX
+    local: Address,
+    on_datagram: DatagramHandler,
+    role: str,
+    fix: str = PORT_FIX,
+    receive_buffer: int | None = None,
 ) -> UdpSocket:
     """Bind a UDP socket to `local` (port 0: any free port). `role` names it in errors, and
-    `fix` says how to choose another port (the option of the command that binds it)."""
-    return await wrap_socket(bind_socket(local, role, fix), on_datagram)
+    `fix` says how to choose another port (the option of the command that binds it).
+    `receive_buffer`: ask the kernel for this many bytes of receive buffer (see bind_socket)."""
+    return await wrap_socket(bind_socket(local, role, fix, receive_buffer), on_datagram)
 
 
-def bind_socket(local: Address, role: str, fix: str = PORT_FIX) -> socket.socket:
+def bind_socket(
+    local: Address, role: str, fix: str = PORT_FIX, receive_buffer: int | None = None
+) -> socket.socket:
     """A non-blocking UDP socket bound to `local` now (its port is known before anything can
-    arrive on it: wrap it with wrap_socket() once its handler is ready)."""
+    arrive on it: wrap it with wrap_socket() once its handler is ready).
+
+    `receive_buffer` (bytes) is a wish: Linux caps it at net.core.rmem_max. A server with many
+    clients wants more than the default (about 200 kB): while the process is busy, datagrams
+    queue there, and whatever does not fit is dropped by the kernel before QUIC sees it.
+    """
     host = local[0]
     try:
         family = family_of(host)
@@ -88,6 +100,8 @@ def bind_socket(local: Address, role: str, fix: str = PORT_FIX) -> socket.socket
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            if receive_buffer is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             sock.bind(local)
         except BaseException:
             sock.close()
