@@ -710,6 +710,8 @@ class ServerEndpoint:
 
     def get_timer(self) -> float | None:
         """The earliest time any connection needs handle_timer(), or None."""
+        for server_conn in self._pending.values():  # input not yet followed by a send
+            self._rearm(server_conn)
         timers = self._timers
         while timers and timers[0][1] != timers[0][2].timer_seq:
             heapq.heappop(timers)
@@ -721,11 +723,12 @@ class ServerEndpoint:
     # --- per connection -----------------------------------------------------------------
 
     def _after_input(self, server_conn: ServerConnection, now: float) -> None:
+        """Serve what arrived; the connection is pending: datagrams_to_send_from() asks it
+        what to send and then re-arms its timer (aioquic's changes with what it sends)."""
         self._drain(server_conn, now)
         if not server_conn.released:
             server_conn.app.pump()
             self._drain(server_conn, now)
-            self._rearm(server_conn)
         self._pending[server_conn.number] = server_conn
 
     def _handshake_deadline(self, server_conn: ServerConnection) -> float | None:

@@ -244,17 +244,16 @@ class MigrationTracker:
                 self._thin()
                 if (self.recovery_events - 1) % self._stride:
                     return
-            srtt = data.get("smoothed_rtt")
-            latest = data.get("latest_rtt")
-            values = (
-                at,
-                data.get("cwnd"),
-                data.get("bytes_in_flight"),
-                srtt / 1e3 if srtt is not None else None,
-                latest / 1e3 if latest is not None else None,
-            )
-            for column, value in zip(self._columns, values, strict=True):
-                column.append(math.nan if value is None else float(value))
+            at_, cwnd, flight, srtt, latest = self._columns
+            at_.append(at)
+            value = data.get("cwnd")
+            cwnd.append(math.nan if value is None else value)
+            value = data.get("bytes_in_flight")
+            flight.append(math.nan if value is None else value)
+            value = data.get("smoothed_rtt")  # milliseconds
+            srtt.append(math.nan if value is None else value / 1e3)
+            value = data.get("latest_rtt")
+            latest.append(math.nan if value is None else value / 1e3)
 
     def _thin(self) -> None:
         """Keep every other sample and from now on every other event: the series still spans
