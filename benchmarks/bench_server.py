@@ -39,7 +39,9 @@ from quicmig.live.certs import CertPaths, write
 
 HERE = Path(__file__).resolve().parent
 SIZE = 200_000  # bytes per client
-CLOSE_WAIT = 60.0  # seconds for every connection to close after a wave
+# seconds for every connection to close after a wave: a client that gave up leaves its server
+# connection to aioquic's idle timeout (60 s)
+CLOSE_WAIT = 90.0
 
 
 def free_port() -> int:
@@ -86,7 +88,9 @@ class ServerProcess:
             self.proc.wait()
 
 
-def wave(server: ServerProcess, ca: Path, clients: int, last_number: int) -> dict[str, Any]:
+def wave(
+    server: ServerProcess, ca: Path, clients: int, last_number: int, timeout: float
+) -> dict[str, Any]:
     before = server.ask("stats")
     server.ask("reset-peak")
     spread = max(1.0, clients / 500)  # seconds over which the clients start
@@ -112,6 +116,7 @@ def wave(server: ServerProcess, ca: Path, clients: int, last_number: int) -> dic
         "completed": sum(r["ok"] for r in results),
         "intact": sum(r["intact"] for r in results),
         "errors": dict(Counter(str(r["error"]).split(":")[0] for r in results if r["error"])),
+        "moved_incomplete": sum(r["ports"] is not None and not r["ok"] for r in results),
         "moved": sum(r["ports"] is not None for r in results),
         "wall_s": wall,
         "server_cpu_s": after["cpu"] - before["cpu"],
@@ -127,6 +132,7 @@ def wave(server: ServerProcess, ca: Path, clients: int, last_number: int) -> dic
         ),
     }
     if "migrations" in after:
+        # Every move a client made, finished or not: the server must have seen each.
         made = Counter(tuple(r["ports"]) for r in results if r["ports"] is not None)
         recorded = Counter(
             (old, new) for number, old, new in after["migrations"] if number > last_number
@@ -139,14 +145,14 @@ def wave(server: ServerProcess, ca: Path, clients: int, last_number: int) -> dic
 
 
 def run_variant(
-    variant: str, certs: CertPaths, clients: int, waves: int, extra: list[str]
+    variant: str, certs: CertPaths, clients: int, waves: int, extra: list[str], timeout: float
 ) -> list[dict[str, Any]]:
     server = ServerProcess(variant, certs.cert.parent, extra)
     rows = []
     last = 0
     try:
         for index in range(waves):
-            row = wave(server, certs.ca, clients, last)
+            row = wave(server, certs.ca, clients, last, timeout)
             last = row.get("last_number", 0)
             row.update(variant=variant, wave=index + 1)
             rows.append(row)
@@ -183,6 +189,9 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=2)
     parser.add_argument("--variants", default="quicmig,stock")
     parser.add_argument("--server-arg", action="append", default=[], help="to servers.py")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds a client may take to download"
+    )
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -194,7 +203,9 @@ def main() -> None:
             for repeat in range(args.repeat):
                 order = variants if repeat % 2 == 0 else variants[::-1]
                 for variant in order:
-                    rows += run_variant(variant, certs, clients, args.waves, args.server_arg)
+                    rows += run_variant(
+                        variant, certs, clients, args.waves, args.server_arg, args.timeout
+                    )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -34,6 +34,7 @@ from quicmig.core.app import content_digest
 
 BYTES_SEED = 0  # both servers serve /bytes/N = content(N, 0)
 RECEIVE_BUFFER = 1 << 20  # bytes per client socket: fewer kernel drops when this process lags
+CLOSE_GRACE = 30.0  # seconds for a client's close after its download
 
 
 class MovingClient(QuicConnectionProtocol):
@@ -125,27 +126,31 @@ async def one_client(
     config.verify_mode = ssl.CERT_REQUIRED
     config.server_name = "localhost"
     started = loop.time()
+    deadline = started + timeout  # for the handshake and the download
     result: dict[str, Any] = {"ok": False, "intact": False, "ports": None, "error": None}
     client: MovingClient | None = None
     try:
-        async with asyncio.timeout(timeout):
+        # The close (CONNECTION_CLOSE, then aioquic's closing period) gets CLOSE_GRACE more.
+        async with asyncio.timeout_at(deadline + CLOSE_GRACE):
             async with connect(
                 "127.0.0.1", port, configuration=config, create_protocol=MovingClient
             ) as protocol:
                 client = cast(MovingClient, protocol)
                 result["handshake"] = loop.time() - started
-                await client.get(size, move)
+                async with asyncio.timeout_at(deadline):
+                    await client.get(size, move)
                 result["seconds"] = loop.time() - started
                 result["ok"] = client.status == b"200" and client.received == size
                 result["intact"] = result["ok"] and client.digest.hexdigest() == expected
                 result["ports"] = client.ports
     except TimeoutError:
-        result["error"] = "timeout"
+        result["error"] = "close timeout" if "seconds" in result else "timeout"
     except Exception as exc:  # a failed handshake, a reset: reported, not raised
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if client is not None:
             result["received"] = client.received
+            result["ports"] = client.ports
             client.close_transports()
     return result
 
