@@ -98,7 +98,7 @@ def wave(
     command = [sys.executable, str(HERE / "h3clients.py"), "--port", str(server.port)]
     options = ["--ca", str(ca), "--clients", str(clients), "--size", str(SIZE)]
     out = subprocess.run(
-        [*command, *options, "--spread", str(spread), "--timeout", "180"],
+        [*command, *options, "--spread", str(spread), "--timeout", str(timeout)],
         capture_output=True,
         text=True,
         check=True,
@@ -140,7 +140,8 @@ def wave(
         row["exact"] = sum((made & recorded).values())
         row["unmade_records"] = sum((recorded - made).values())
         row["last_number"] = after["totals"]["connections"]
-        row["records_dropped"] = after["totals"]["records_dropped"]
+        for key in ("records_dropped", "refused_half_open", "handshake_timeouts", "unroutable"):
+            row[key] = after["totals"][key] - before["totals"][key]
     return row
 
 
@@ -177,6 +178,12 @@ def describe(row: dict[str, Any]) -> str:
         f"left; handshake {row['handshake_median_s'] * 1e3:.0f} ms, download "
         f"{row['download_median_s']:.2f} s (medians)"
         + (f"; errors {row['errors']}" if row["errors"] else "")
+        + (
+            f"; half-open refusals {row['refused_half_open']}, handshake timeouts "
+            f"{row['handshake_timeouts']}, unroutable {row['unroutable']}"
+            if "unroutable" in row
+            else ""
+        )
     )
 
 

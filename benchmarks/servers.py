@@ -23,7 +23,6 @@ import asyncio
 import gc
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from quicmig.core.app import content
 from quicmig.core.endpoint import ServerLimits
 from quicmig.live.certs import CertPaths
 from quicmig.live.server import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_BUFFER, LiveServer
+from quicmig.live.udp import bind_socket
 
 HOST = "127.0.0.1"
 BYTES_SEED = 0  # as quicmig's /bytes/N
@@ -139,9 +139,7 @@ async def main() -> None:
     config.load_cert_chain(certs.cert, certs.key)
     # What aioquic.asyncio.serve() does, on a socket with the receive buffer quicmig's server
     # asks for, so both serving loops meet the same kernel drops.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-    sock.bind((HOST, args.port))
+    sock = bind_socket((HOST, args.port), "stock server", receive_buffer=RECEIVE_BUFFER)
     _, stock = await asyncio.get_running_loop().create_datagram_endpoint(
         lambda: QuicServer(configuration=config, create_protocol=StockH3, retry=args.retry),
         sock=sock,

@@ -123,8 +123,10 @@ class MigrationTracker:
         self.peers_seen: list[Address] = []
         self.migrations: list[ObservedMigration] = []
         self.cid_rotations: list[CidRotation] = []
-        self.lost_packets: list[float] = []  # times aioquic declared a packet lost
-        self.retransmitted: list[tuple[float, int]] = []  # (time, stream bytes sent again)
+        self.lost_packets = array("d")  # times aioquic declared a packet lost
+        # (time, stream bytes sent again): see `retransmitted`; arrays hold 16 bytes an entry
+        self._retransmitted_at = array("d")
+        self._retransmitted_bytes = array("q")
         self.recovery_events = 0  # metrics_updated events seen (all, kept or not)
         self.datagrams_to: dict[Address, int] = {}  # bytes the server sent to each address
         self.datagrams_from: dict[Address, int] = {}  # bytes received from each address
@@ -229,7 +231,8 @@ class MigrationTracker:
         end = offset + frame["length"]
         highest = self._stream_sent.get(stream_id, 0)
         if offset < highest:
-            self.retransmitted.append((at, min(end, highest) - offset))
+            self._retransmitted_at.append(at)
+            self._retransmitted_bytes.append(min(end, highest) - offset)
         if end > highest:
             self._stream_sent[stream_id] = end
 
@@ -261,6 +264,11 @@ class MigrationTracker:
         for column in self._columns:
             column[:] = column[::2]
         self._stride *= 2
+
+    @property
+    def retransmitted(self) -> list[tuple[float, int]]:
+        """(time, stream bytes sent again below the highest offset already sent)."""
+        return list(zip(self._retransmitted_at, self._retransmitted_bytes, strict=True))
 
     @property
     def recovery(self) -> list[RecoverySample]:

@@ -62,7 +62,7 @@ RECOVERY_SAMPLES = 4096  # per connection: the figure needs far fewer (see Migra
 # bytes: the listening socket's receive buffer. Many clients' datagrams queue there while the
 # server is busy; the default (about 200 kB) overflows and the kernel drops what does not fit,
 # which stalls migrating clients (a lost PATH_CHALLENGE on an amplification-limited path).
-RECEIVE_BUFFER = 4 << 20
+RECEIVE_BUFFER = 16 << 20
 LIVE_LIMITS = ServerLimits(DEFAULT_HISTORY, DEFAULT_MAX_HALF_OPEN, DEFAULT_HANDSHAKE_TIMEOUT)
 
 Log = Callable[[str], None]

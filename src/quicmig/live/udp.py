@@ -8,6 +8,7 @@ fix (port in use, address not configured) becomes a QuicmigError saying how. Ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -84,7 +85,8 @@ def bind_socket(
     """A non-blocking UDP socket bound to `local` now (its port is known before anything can
     arrive on it: wrap it with wrap_socket() once its handler is ready).
 
-    `receive_buffer` (bytes) is a wish: Linux caps it at net.core.rmem_max. A server with many
+    `receive_buffer` (bytes) is a wish: Linux caps it at net.core.rmem_max, unless the process
+    may exceed that (CAP_NET_ADMIN: SO_RCVBUFFORCE), as quic-go does. A server with many
     clients wants more than the default (about 200 kB): while the process is busy, datagrams
     queue there, and whatever does not fit is dropped by the kernel before QUIC sees it.
     """
@@ -101,7 +103,7 @@ def bind_socket(
         try:
             sock.setblocking(False)
             if receive_buffer is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+                _grow_receive_buffer(sock, receive_buffer)
             sock.bind(local)
         except BaseException:
             sock.close()
@@ -109,6 +111,17 @@ def bind_socket(
         return sock
     except OSError as exc:
         raise QuicmigError(bind_error(local, exc, role, fix)) from exc
+
+
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; Python's socket module lacks it
+
+
+def _grow_receive_buffer(sock: socket.socket, size: int) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    # Linux reports twice what was granted (the rest is its bookkeeping).
+    if sys.platform == "linux" and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
+        with contextlib.suppress(OSError):  # EPERM without CAP_NET_ADMIN: keep what we got
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
 
 
 async def wrap_socket(sock: socket.socket, on_datagram: DatagramHandler) -> UdpSocket:
