@@ -160,7 +160,12 @@ def _packet(at: float, peer: Address, data: dict[str, Any], local: Address | Non
 
 
 class TapLogger(QuicLogger):
-    """Hands each new connection a TapTrace; set `next_observer` before creating one.
+    """Makes every connection's TapTrace and keeps them (when `keep`) for write_qlogs().
+
+    aioquic calls `start_trace()` for a connection created with this logger in its
+    configuration: that trace has no observer. A server gives each accepted connection a
+    trace with its own observer instead: `trace(..., observer=...)`, handed to aioquic through
+    a `OneTraceLogger` (see ServerEndpoint).
 
     Time is an argument: the endpoint sets `now` (seconds) before each call into aioquic,
     and every event logged during that call carries it.
@@ -170,26 +175,31 @@ class TapLogger(QuicLogger):
         super().__init__()
         self.now = 0.0
         self.keep = keep
-        self.next_observer: PacketObserver | None = None
-        self.last_trace: TapTrace | None = None
         self.traces: list[TapTrace] = []  # kept (when `keep`) for write_qlogs()
 
     def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
+        return self.trace(is_client=is_client, odcid=odcid, observer=None)
+
+    def trace(self, *, is_client: bool, odcid: bytes, observer: PacketObserver | None) -> TapTrace:
+        """A new trace on this logger's clock, feeding `observer`."""
         trace = TapTrace(
             is_client=is_client,
             odcid=odcid,
             clock=lambda: self.now,
             keep=self.keep,
-            observer=self.next_observer,
+            observer=observer,
         )
-        self.next_observer = None
-        self.last_trace = trace
         if self.keep:
             self.traces.append(trace)
         return trace
 
     def end_trace(self, trace: QuicLoggerTrace) -> None:
         """Traces stay in memory until write_qlogs()."""
+
+    def discard(self, trace: TapTrace | None) -> None:
+        """Forget a trace whose connection was never kept (no qlog for it)."""
+        if trace is not None and self.traces and self.traces[-1] is trace:  # the newest
+            self.traces.pop()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,3 +222,19 @@ class TapLogger(QuicLogger):
             path.write_text(json.dumps(document))
             paths.append(path)
         return paths
+
+
+class OneTraceLogger(QuicLogger):
+    """The quic_logger of one connection's configuration: hands aioquic a trace made
+    beforehand (with its observer), so nothing is configured after the connection exists."""
+
+    def __init__(self, trace: TapTrace, base: TapLogger) -> None:
+        super().__init__()
+        self._trace = trace
+        self._base = base
+
+    def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
+        return self._trace
+
+    def end_trace(self, trace: QuicLoggerTrace) -> None:
+        self._base.end_trace(trace)

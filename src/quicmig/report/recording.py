@@ -1,10 +1,10 @@
 """Runs that keep their packets: the simulator with a recorder in front of the server's
 tracker, and a capture's decrypted datagrams; both give a Result with a packet log.
 
-Nothing here changes a run. In the simulator a `PacketRecorder` is installed through the
-server configuration's `quic_logger`, which aioquic reads when it creates each connection,
-and a wire tap on the client interfaces remembers which client socket sent each datagram, so
-a diagram can show the NAT translating it. Only public attributes of the simulator are used.
+Nothing here changes a run. A `PacketRecorder` is installed as the server endpoint's
+observer factory (before anything runs), in front of each connection's tracker, and in the
+simulator a wire tap on the client interfaces remembers which client socket sent each
+datagram, so a diagram can show the NAT translating it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
-
-from aioquic.quic.logger import QuicLogger, QuicLoggerTrace
 
 from quicmig.capture.analysis import ConnectionView, group, packet_of
 from quicmig.capture.tshark import QuicDatagram
@@ -28,7 +26,7 @@ from quicmig.core.packetlog import (
 )
 from quicmig.core.qlogpaths import path_events
 from quicmig.core.results import Result
-from quicmig.core.tap import TapLogger
+from quicmig.core.tap import PacketObserver
 from quicmig.core.tracker import MigrationTracker
 from quicmig.model.scenario import Scenario
 from quicmig.runner import RunOptions, run
@@ -60,30 +58,20 @@ class WireTap:
         return self._client_socket.pop(self.arriving.data, None)
 
 
-class RecordingLogger(QuicLogger):
-    """Hands aioquic the server's own traces, with a recorder in front of each tracker.
+class Recorders:
+    """A server endpoint's observer factory: a recorder in front of each connection's tracker.
 
     `socket_of_arriving` names the client socket of the datagram being received, where the
     client's side is watched (the simulator's WireTap); None elsewhere."""
 
-    def __init__(
-        self, base: TapLogger, socket_of_arriving: Callable[[], Address | None] | None = None
-    ) -> None:
-        super().__init__()
-        self.base = base
+    def __init__(self, socket_of_arriving: Callable[[], Address | None] | None = None) -> None:
         self.socket_of_arriving = socket_of_arriving or (lambda: None)
         self.recorders: list[PacketRecorder] = []
 
-    def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
-        inner = self.base.next_observer
-        if inner is not None:
-            recorder = PacketRecorder(inner, self.socket_of_arriving)
-            self.recorders.append(recorder)
-            self.base.next_observer = recorder
-        return self.base.start_trace(is_client=is_client, odcid=odcid)
-
-    def end_trace(self, trace: QuicLoggerTrace) -> None:
-        self.base.end_trace(trace)
+    def __call__(self, tracker: MigrationTracker) -> PacketObserver:
+        recorder = PacketRecorder(tracker, self.socket_of_arriving)
+        self.recorders.append(recorder)
+        return recorder
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,23 +87,23 @@ class Recording:
 
 def record(scenario: Scenario, options: RunOptions | None = None) -> Recording:
     """Run `scenario` in the simulator exactly as `run_scenario` does, recording packets."""
-    built: list[tuple[Simulation, RecordingLogger]] = []
+    built: list[tuple[Simulation, Recorders]] = []
 
-    def watch(sim: Simulation) -> None:
+    def watch(sim: Simulation) -> None:  # before anything runs
         wire = WireTap(sim.server.local)
-        logger = RecordingLogger(sim.server_logger, wire.client_socket_of_arriving)
-        sim.server.endpoint.configuration.quic_logger = logger
+        recorders = Recorders(wire.client_socket_of_arriving)
+        sim.server.endpoint.observer_factory = recorders
         sim.network.tap_interface(sim.server.ref, wire.on_server_interface)
         for host in sim.scenario.topology.clients:
             for iface in host.interfaces:
                 sim.network.tap_interface(f"{host.name}.{iface.name}", wire.on_client_interface)
-        built.append((sim, logger))
+        built.append((sim, recorders))
 
     result = run(scenario, SimBackend(on_built=watch), options or RunOptions())
-    sim, logger = built[0]
+    sim, recorders = built[0]
     connections: list[ServerConnection] = sim.server.endpoint.connections
     tracker = connections[0].tracker if connections else None
-    recorder = next((r for r in logger.recorders if r.inner is tracker), None)
+    recorder = next((r for r in recorders.recorders if r.inner is tracker), None)
     return Recording(
         scenario=sim.scenario,
         result=result,
@@ -203,22 +191,17 @@ class LiveRecorder:
     the server's configuration once it listens, so each connection aioquic creates gets one."""
 
     def __init__(self) -> None:
-        self.logger: RecordingLogger | None = None
+        self.recorders = Recorders()
         self.server: Address | None = None
 
     def __call__(self, server: LiveServer) -> None:
-        configuration = server.listeners[0].endpoint.configuration
-        base = configuration.quic_logger
-        if not isinstance(base, TapLogger):
-            return
-        self.logger = RecordingLogger(base)
         self.server = server.addresses[0]
         for listener in server.listeners:
-            listener.endpoint.configuration.quic_logger = self.logger
+            listener.endpoint.observer_factory = self.recorders
 
     def result(self, result: Result, nat: bool) -> Result:
         """`result` with the packet log of the server's first connection."""
-        recorders = self.logger.recorders if self.logger is not None else []
+        recorders = self.recorders.recorders
         if not recorders:
             return result
         recorder = recorders[0]
