@@ -53,7 +53,9 @@ def measure(others: int, count: int) -> float:
         client.handle_timer(now)
         server.handle_timer(now)
     for index in range(others):
-        stranger = ClientEndpoint(client_configuration(CERTS.ca_pem), SERVER, Download(1), seed=index)
+        stranger = ClientEndpoint(
+            client_configuration(CERTS.ca_pem), SERVER, Download(1), seed=index
+        )
         stranger.connect(now)
         for data, _ in stranger.datagrams_to_send(now):
             server.receive_datagram(data, ("198.51.100.1", 1024 + index), now)

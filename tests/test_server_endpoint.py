@@ -91,7 +91,9 @@ class Net:
         self._flight: list[tuple[float, bytes, Address, Address]] = []  # (at, data, src, dst)
 
     def add(self, size: int, port: int) -> ClientEndpoint:
-        client = ClientEndpoint(client_configuration(CERTS.ca_pem), SERVER, Download(size), seed=port)
+        client = ClientEndpoint(
+            client_configuration(CERTS.ca_pem), SERVER, Download(size), seed=port
+        )
         self.clients.append(client)
         self.addrs.append(("192.0.2.1", port))
         client.connect(self.now)
