@@ -21,6 +21,15 @@ from quicmig.core.datagram import Address, format_address
 TCP, MPTCP, QUIC = "tcp", "mptcp", "quic"  # Result.transport
 
 
+def _growth(samples: Sequence[tuple[float, int]], start: float, end: float) -> int:
+    """How much a sampled byte counter grew from `start` to `end` (seconds)."""
+    inside = [b for t, b in samples if start <= t <= end]
+    before = [b for t, b in samples if t < start]
+    if not inside:
+        return 0
+    return inside[-1] - (before[-1] if before else 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Subflow:
     """One TCP subflow of an MPTCP connection, as one end's socket listed it."""
@@ -35,11 +44,7 @@ class Subflow:
 
     def bytes_between(self, start: float, end: float = float("inf")) -> int:
         """Bytes this subflow carried from `start` to `end` (seconds), by its samples."""
-        inside = [b for t, b in self.samples if start <= t <= end]
-        before = [b for t, b in self.samples if t < start]
-        if not inside:
-            return 0
-        return inside[-1] - (before[-1] if before else 0)
+        return _growth(self.samples, start, end)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +114,11 @@ class Accepted:
     mptcp: bool | None = None  # MPTCP negotiated; None: a plain TCP socket
     congestion: str | None = None  # the socket's TCP congestion control (TCP_CONGESTION)
     subflows: Sequence[Subflow] = ()
+    samples: Sequence[tuple[float, int]] = ()  # (seconds, bytes_acked) while it lived
+
+    def bytes_between(self, start: float, end: float = float("inf")) -> int:
+        """Bytes the client acknowledged from `start` to `end` (seconds), by the samples."""
+        return _growth(self.samples, start, end)
 
     def to_dict(self) -> dict[str, Any]:
         return {

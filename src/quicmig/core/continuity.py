@@ -41,21 +41,22 @@ def around(
     times: Sequence[float], at: float, completed_at: float | None, run_end: float
 ) -> tuple[float | None, float | None]:
     """(interruption, resume) in seconds for a change at `at`; (None, None) when the
-    download was over before it (or had not begun); resume None: nothing came after it."""
+    download was over before it (or had not begun); resume None: nothing came after it
+    (a download that never ended counts its last silence, up to `run_end`, as a gap)."""
     if completed_at is not None and completed_at <= at:
         return None, None
     after = bisect.bisect_right(times, at)  # the first delivery after the change
     if after == 0:
         return None, None  # nothing delivered before the change: no gap to speak of
-    if after == len(times):
-        return run_end - times[-1], None
-    best = after  # the gap from times[best - 1] to times[best]
-    for index in range(after + 1, len(times)):
-        if times[index - 1] > at + MOVE_WINDOW:
+    gaps: list[tuple[float, float | None]] = []  # (length, when delivery resumed)
+    for index in range(after, len(times)):
+        if index > after and times[index - 1] > at + MOVE_WINDOW:
             break
-        if times[index] - times[index - 1] > times[best] - times[best - 1]:
-            best = index
-    return times[best] - times[best - 1], times[best] - at
+        gaps.append((times[index] - times[index - 1], times[index]))
+    if completed_at is None and times[-1] <= at + MOVE_WINDOW:
+        gaps.append((run_end - times[-1], None))
+    length, resumed = max(gaps, key=lambda gap: gap[0])
+    return length, None if resumed is None else resumed - at
 
 
 def continuity(

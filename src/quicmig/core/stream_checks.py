@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from quicmig.core.connections import MPTCP, Accepted, StreamRecord, Subflow
+from quicmig.core.continuity import MOVE_WINDOW
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.results import Check, NetworkChange, Transfer
 from quicmig.model.verdicts import CheckState
@@ -45,7 +46,7 @@ def stream_checks(
     checks = [_survived(record, transfer, changes), _resumed(record)]
     if record.transport == MPTCP:
         checks.append(_negotiated(record))
-    checks.append(_path_after(record, changes))
+    checks.append(_path_after(record, changes, transfer.completed_at))
     return checks
 
 
@@ -150,18 +151,15 @@ def _paths(record: StreamRecord) -> list[tuple[Address, Subflow | None, Accepted
 
 
 def _carried(path: tuple[Address, Subflow | None, Accepted], start: float, end: float) -> int:
-    """Bytes from the server acknowledged on this path between `start` and `end` (a plain
-    TCP connection has no samples: all of its bytes, if it lived then)."""
+    """Bytes from the server acknowledged on this path between `start` and `end`."""
     _, subflow, conn = path
-    if subflow is not None:
-        carried = subflow.bytes_between(start, end)
-    else:
-        ended = conn.ended_at if conn.ended_at is not None else float("inf")
-        carried = conn.bytes_acked if conn.accepted_at < end and ended > start else 0
+    carried = (subflow or conn).bytes_between(start, end)
     return carried if carried > HANDSHAKE_BYTES else 0
 
 
-def _path_after(record: StreamRecord, changes: Sequence[NetworkChange]) -> Check:
+def _path_after(
+    record: StreamRecord, changes: Sequence[NetworkChange], completed_at: float | None
+) -> Check:
     wanted = [c for c in changes if c.expect_ip is not None]
     if not wanted:
         return Check(
@@ -172,6 +170,11 @@ def _path_after(record: StreamRecord, changes: Sequence[NetworkChange]) -> Check
     right: list[str] = []
     for index, change in enumerate(wanted):
         until = wanted[index + 1].at if index + 1 < len(wanted) else float("inf")
+        # What was past the break when it came still arrives (quicmig.core.continuity): the
+        # path the data went on over is the one that carried it after that.
+        settled = change.at + MOVE_WINDOW
+        if completed_at is not None and completed_at < settled:
+            settled = change.at
         before = max(paths, key=lambda p: _carried(p, change.at - BEFORE, change.at), default=None)
         # A change that kept the public address (a NAT rebinding) moved the port: the path
         # that carried the data before it is not the new one.
@@ -179,12 +182,12 @@ def _path_after(record: StreamRecord, changes: Sequence[NetworkChange]) -> Check
         after = [
             p
             for p in paths
-            if p[0][0] == change.expect_ip and p[0] != old and _carried(p, change.at, until)
+            if p[0][0] == change.expect_ip and p[0] != old and _carried(p, settled, until)
         ]
         if after:
             right.append(f"{change.kind.value}: {format_address(after[0][0])}")
         else:
-            went = sorted({format_address(p[0]) for p in paths if _carried(p, change.at, until)})
+            went = sorted({format_address(p[0]) for p in paths if _carried(p, settled, until)})
             wrong.append(
                 f"after {change.kind.value} at {change.at:.3f} s no data reached the client "
                 f"on a new path at {change.expect_ip}"

@@ -53,30 +53,32 @@ def race_table(results: Sequence[Result]) -> Table:
         "transport",
         "survived",
         "handshakes",
-        "interruption",
-        "resume",
         "longest gap",
-        "fetched twice",
-        "retransmitted",
+        "resume",
+        "re-fetched",
+        "resent",
         "done at",
-        "verdict",
     ):
-        table.add_column(column, no_wrap=column in ("transport", "verdict"))
+        table.add_column(column, no_wrap=True)
     for result in results:
         c = result.stats.get("continuity", {})
         survived = c.get("survived")
+        done = c.get("completed_at")
         table.add_row(
             label(result),
             "-" if survived is None else "yes" if survived else "[red]no[/red]",
             str(c.get("handshakes", "-")),
-            seconds(c.get("interruption_s")),
-            seconds(c.get("resume_s")),
             seconds(c.get("longest_gap_s")),
+            seconds(c.get("resume_s")) if c.get("interruption_s") is not None else "-",
             size(c.get("refetched_bytes")),
             size(c.get("retransmitted_bytes")),
-            seconds(c.get("completed_at")) if c.get("completed_at") is not None else "[red]never",
-            verdict_words(result),
+            seconds(done) if done is not None else "[red]never[/red]",
         )
+    table.caption = (
+        "resume: from the move to the first byte after its gap; re-fetched: body bytes the "
+        "client received twice; resent: bytes the server's transport sent again"
+    )
+    table.caption_justify = "left"
     return table
 
 
@@ -92,5 +94,5 @@ def notes(results: Sequence[Result]) -> list[str]:
         said = [f"{c.name}: {c.detail}" for c in result.checks if c.name in wanted]
         if "fallback" in result.stats:
             said.insert(0, str(result.stats["fallback"]))
-        lines.append(f"{label(result)}: " + ("; ".join(said) or "no checks"))
+        lines.append(f"{label(result)}: {verdict_words(result)}; " + "; ".join(said))
     return lines

@@ -187,7 +187,10 @@ class RangeServer:
             )
         elif counters is not None:
             record = replace(
-                record, bytes_acked=counters.bytes_acked, bytes_retrans=counters.bytes_retrans
+                record,
+                bytes_acked=counters.bytes_acked,
+                bytes_retrans=counters.bytes_retrans,
+                samples=(*record.samples, (now, counters.bytes_acked)),
             )
         served.record = record
 
