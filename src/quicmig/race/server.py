@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from quicmig.core.connections import Accepted, Subflow
 from quicmig.core.datagram import Address
@@ -35,6 +36,7 @@ from quicmig.race.sockets import (
 CHUNK = 65536  # bytes written per drain
 WRITE_HIGH = 256 * 1024  # bytes the transport buffers before drain() waits: `sent` stays honest
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's TLS handshake and request head
+CLOSE_TIMEOUT = 30.0  # seconds for the rest of a complete body to leave and the client to go
 BACKLOG = 16
 
 
@@ -43,7 +45,8 @@ class _Served:
     """A connection being served (mutable; `Accepted` once the run is over)."""
 
     record: Accepted
-    writer: asyncio.StreamWriter
+    sock: socket.socket  # the accepted socket: the kernel's counters are read from it
+    writer: asyncio.StreamWriter | None = None  # once TLS is up
     subflows: dict[tuple[Address, Address], Subflow] = field(default_factory=dict)
     open: bool = True
 
@@ -57,7 +60,11 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 class RangeServer:
-    """Serves `body` at `address` inside `namespace`; `clock()` is the run's time."""
+    """Serves `body` at `address` inside `namespace`; `clock()` is the run's time.
+
+    It accepts by itself (not asyncio.start_server) so that each connection is dated when
+    its TCP handshake is done, before TLS, and TLS starts on the raw socket at once: the
+    ClientHello comes with the handshake's last ACK, before any handler could ask for it."""
 
     def __init__(
         self,
@@ -78,7 +85,7 @@ class RangeServer:
         self.clock = clock
         self.congestion = congestion
         self.served: list[_Served] = []
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -88,35 +95,48 @@ class RangeServer:
             set_congestion(listener, self.congestion)  # the accepted sockets inherit it
             listener.bind(self.address)
             listener.listen(BACKLOG)
-            self._server = await asyncio.start_server(self._accept, sock=listener)
         except BaseException:
             listener.close()
             raise
+        self._listener = listener
+        self._spawn(self._accepting(listener))
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.ensure_future(self._serve(reader, writer))
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        sock = writer.get_extra_info("socket")
-        congestion = None
-        with contextlib.suppress(OSError):
-            name = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
-            congestion = name.rstrip(b"\0").decode()
-        accepted = Accepted(
-            peer=(peer[0], peer[1]), accepted_at=self.clock(), congestion=congestion
-        )
-        served = _Served(accepted, writer)
-        self.served.append(served)
-        self.sample_one(served)  # MPTCP or not, before anything can fail
+    async def _accepting(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, peer = await loop.sock_accept(listener)
+            sock.setblocking(False)
+            congestion = None
+            with contextlib.suppress(OSError):
+                name = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+                congestion = name.rstrip(b"\0").decode()
+            record = Accepted((peer[0], peer[1]), self.clock(), congestion=congestion)
+            served = _Served(record, sock)
+            self.served.append(served)
+            self.sample_one(served)  # MPTCP or not, before anything can fail
+            self._spawn(self._serve(served))
+
+    async def _serve(self, served: _Served) -> None:
+        loop = asyncio.get_running_loop()
         end = "complete"
         try:
-            await asyncio.wait_for(
-                writer.start_tls(self.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT),
+            reader = asyncio.StreamReader()
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await asyncio.wait_for(
+                loop.connect_accepted_socket(
+                    lambda: protocol,
+                    served.sock,
+                    ssl=self.context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                ),
                 HANDSHAKE_TIMEOUT,
             )
+            writer = served.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             served.record = replace(served.record, secured_at=self.clock())
             head = await asyncio.wait_for(reader.readuntil(http.END), HANDSHAKE_TIMEOUT)
             request = http.parse_request(head)
@@ -127,14 +147,17 @@ class RangeServer:
                 range_start=request.range_start,
                 status=status,
             )
-            writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
+            transport.set_write_buffer_limits(high=WRITE_HIGH)
             writer.write(answer)
             if status != 416:
-                await self._send(served, request.range_start or 0)
-            # Everything handed to the kernel before the socket is closed: the kernel sends
-            # what it holds after close() (only unread input would make it a reset).
-            writer.transport.set_write_buffer_limits(high=0)
-            await writer.drain()
+                await self._send(served, writer, request.range_start or 0)
+            self.sample_one(served)
+            # A TLS close: what the TLS layer and the socket's transport still buffer goes
+            # out first (an abort would drop it), then close_notify; the client hangs up
+            # once it has the whole body.
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             end = ending(exc)
         except TimeoutError:
@@ -142,17 +165,25 @@ class RangeServer:
         except http.HttpError as exc:
             end = f"bad request: {exc}"
         finally:
-            self.sample_one(served)
+            if end != "complete":
+                self.sample_one(served)
             served.open = False
             served.record = replace(served.record, ended_at=self.clock(), end=end)
-            writer.transport.abort()
+            self._abort(served)
 
-    async def _send(self, served: _Served, start: int) -> None:
+    @staticmethod
+    def _abort(served: _Served) -> None:
+        if served.writer is not None:
+            served.writer.transport.abort()
+        else:
+            served.sock.close()
+
+    async def _send(self, served: _Served, writer: asyncio.StreamWriter, start: int) -> None:
         for offset in range(start, len(self.body), CHUNK):
             chunk = self.body[offset : offset + CHUNK]
-            served.writer.write(chunk)
+            writer.write(chunk)
             served.record = replace(served.record, sent=served.record.sent + len(chunk))
-            await served.writer.drain()
+            await writer.drain()
 
     # --- the kernel's counters ----------------------------------------------------------------
 
@@ -163,8 +194,8 @@ class RangeServer:
                 self.sample_one(served)
 
     def sample_one(self, served: _Served) -> None:
-        sock = served.writer.get_extra_info("socket")
-        if sock is None or sock.fileno() < 0:
+        sock = served.sock
+        if sock.fileno() < 0:
             return
         now = self.clock()
         record = served.record
@@ -199,15 +230,12 @@ class RangeServer:
 
     async def aclose(self) -> None:
         """Stop listening, end every connection (an abort: no FIN wait) and its task."""
-        if self._server is not None:
-            self._server.close()
         for served in self.served:
             if served.open:
                 self.sample_one(served)
-            served.writer.transport.abort()
+            self._abort(served)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._listener is not None:
+            self._listener.close()
