@@ -1,5 +1,6 @@
 """The judge on TCP and MPTCP observations, the continuity figures of every transport, the
-race's HTTP Range exchange, and `quicmig compare` on a race's file: hand-made records."""
+race's HTTP Range exchange, `quicmig compare` on a race's file and the demo's Unlike-TCP
+topic: hand-made records."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from quicmig.cli import main
 from quicmig.core.connections import MPTCP, TCP, Accepted, Attempt, StreamRecord, Subflow
@@ -14,6 +16,8 @@ from quicmig.core.continuity import around, longest_gap
 from quicmig.core.judge import judge
 from quicmig.core.observation import ClientObservation, Expectations, Observation
 from quicmig.core.results import NetworkChange, Result, Transfer
+from quicmig.demo import menu
+from quicmig.demo.content import TOPICS, UNLIKE_TCP
 from quicmig.model.events import EventKind
 from quicmig.model.scenario import Download, Expectation
 from quicmig.model.verdicts import CheckState
@@ -161,3 +165,33 @@ def test_compare_reads_a_race_file(tmp_path: Path, capsys: pytest.CaptureFixture
     survived = next(line for line in out.splitlines() if "connection survived" in line)
     assert survived.count("no") == 2
     assert next(line for line in out.splitlines() if "handshakes" in line).count("2") == 2
+
+
+def _unlike_tcp(demo: menu.Demo) -> str:
+    (topic,) = [t for t in TOPICS if t.key == UNLIKE_TCP]
+    demo.topic(topic)
+    return demo.console.export_text()
+
+
+def test_the_unlike_tcp_topic_says_how_to_measure_where_the_lab_is_not() -> None:
+    console = Console(width=menu.WIDTH, record=True)
+    out = _unlike_tcp(menu.Demo(console, interactive=False, lab=lambda: "not root"))
+    assert "4-tuple" in out and "sudo quicmig lab race" in out and "Here: not root." in out
+    assert all(len(line) <= menu.WIDTH for line in out.splitlines())
+
+
+def test_the_unlike_tcp_topic_shows_the_race_it_ran() -> None:
+    raced: list[int] = []
+
+    def race(seed: int) -> list[Result]:
+        raced.append(seed)
+        return [tcp_reconnected()]
+
+    console = Console(width=menu.WIDTH, record=True)
+    demo = menu.Demo(console, interactive=False, seed=7, measure=True, lab=lambda: None, race=race)
+    out = _unlike_tcp(demo)
+    assert raced == [7]
+    (row,) = [line for line in out.splitlines() if line.startswith("│ TCP + TLS")]
+    assert "│ no " in row and "2.30 s" in row  # not survived; resumed 2.3 s after the move
+    words = " ".join(out.split())  # the notes wrap at the console's width
+    assert "resumed-with-range: 1 reconnection resumed with Range at byte 400" in words
