@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "port range, conntrack entries deleted), network switch (WiFi link down, default route "
         "to cellular) and IP change (the interface's address replaced). The client never moves "
         "its socket: the kernel changes its source address. Reports what the server's tracker "
-        "observed for each. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN), iproute2, "
+        "observed for each. `lab race` makes the same move under a QUIC, a TCP + TLS and an "
+        "MPTCP download, side by side. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN), iproute2, "
         "nftables, conntrack and /dev/net/tun (tshark for --pcap). Everything created carries a "
         "per-run prefix (qm + 6 hex digits) and is removed at the end, on failure and on Ctrl-C.",
         epilog="examples:\n"

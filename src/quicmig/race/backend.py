@@ -13,6 +13,7 @@ Result (quicmig.core.judge); the server's body is the QUIC server's for the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import tempfile
 from collections.abc import Callable, Sequence
@@ -161,7 +162,12 @@ class StreamBackend:
             asyncio.ensure_future(sampling()),
         ]
         try:
-            await client.run(until=scenario.duration)
+            # Each attempt is bounded by its timeouts, a slow one by the scenario's time too.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    client.run(until=scenario.duration),
+                    max(0.0, scenario.duration - client.clock()),
+                )
             # Events due during a short linger still run; the rest of the timeline is cut.
             await asyncio.sleep(min(LINGER, max(0.0, scenario.duration - client.clock())))
         finally:  # also when the run is cancelled (Ctrl-C): the tasks' outcomes are retrieved

@@ -35,6 +35,7 @@ from quicmig.race.sockets import (
     ending,
     make_in,
     mptcp_info,
+    set_congestion,
     subflows,
 )
 
@@ -111,12 +112,20 @@ class ResumingDownload:
                 await asyncio.sleep(max(0.0, min(wait, until - self.clock())))
 
     def _socket_for_attempt(self) -> socket.socket:
+        sock: socket.socket | None = None
         if self.mptcp and self.fallback is None:
             try:
-                return make_in(self.namespace, IPPROTO_MPTCP)
+                sock = make_in(self.namespace, IPPROTO_MPTCP)
             except OSError as exc:
                 self.fallback = f"socket(IPPROTO_MPTCP) failed ({exc.strerror}): plain TCP instead"
-        return make_in(self.namespace, socket.IPPROTO_TCP)
+        if sock is None:
+            sock = make_in(self.namespace, socket.IPPROTO_TCP)
+        try:
+            set_congestion(sock, self.settings.congestion)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def _attempt(self, until: float) -> None:
         settings = self.settings
@@ -125,6 +134,7 @@ class ResumingDownload:
         self._socket, self._subflows = sock, {}
         writer: asyncio.StreamWriter | None = None
         phase = "connect"
+        end = "run ended"  # cancelled: the run's time was up
         try:
             budget = max(0.001, min(settings.connect_timeout, until - self.clock()))
             await asyncio.wait_for(connect(sock, self.server), budget)
@@ -189,14 +199,14 @@ class ResumingDownload:
                 writer.transport.abort()
             else:
                 sock.close()
-        self.attempts.append(
-            replace(
-                attempt,
-                ended_at=self.clock(),
-                end=end,
-                subflows=tuple(self._subflows.values()),
+            self.attempts.append(
+                replace(
+                    attempt,
+                    ended_at=self.clock(),
+                    end=end,
+                    subflows=tuple(self._subflows.values()),
+                )
             )
-        )
 
     def _deliver(self, data: bytes, now: float) -> None:
         if not data:

@@ -48,6 +48,7 @@ class _Served:
     sock: socket.socket  # the accepted socket: the kernel's counters are read from it
     writer: asyncio.StreamWriter | None = None  # once TLS is up
     subflows: dict[tuple[Address, Address], Subflow] = field(default_factory=dict)
+    retrans: dict[tuple[Address, Address], int] = field(default_factory=dict)  # per subflow
     open: bool = True
 
 
@@ -210,10 +211,12 @@ class RangeServer:
                 samples = [*(old.samples if old else ()), (now, sub.bytes_acked)]
                 first = old.first_seen if old else now
                 served.subflows[key] = Subflow(local, remote, first, now, tuple(samples))
+                served.retrans[key] = sub.bytes_retrans
             record = replace(
                 record,
                 bytes_acked=sum(s.samples[-1][1] for s in served.subflows.values()),
-                bytes_retrans=info.bytes_retrans,
+                # Sent again by a subflow's TCP, or by MPTCP on another subflow (reinjected).
+                bytes_retrans=info.bytes_retrans + sum(served.retrans.values()),
                 subflows=tuple(served.subflows.values()),
             )
         elif counters is not None:
