@@ -5,9 +5,9 @@
 Runs `quicmig lab race` (quicmig.race.run) for every race scenario (nat-rebinding,
 network-switch, make-before-break, ip-change, and no-move as the baseline) with its
 defaults: the phone topology, WiFi 20 ms / 50 Mbit/s, cellular 60 ms / 10 Mbit/s / 1 %
-loss, a 4 MB download, the move at 0.5 s, TCP's 10 s read timeout (OkHttp's). Each repeat
-uses the next seed (the element's loss draws and the body's bytes), so the repeats are
-independent runs. Prints, per race and transport, the median of the repeats of what the
+loss, a 4 MB download, the move once 1 MB has arrived, TCP's 10 s read timeout (OkHttp's).
+Each repeat uses the next seed (the element's loss draws and the body's bytes), so the
+repeats are independent runs. Prints, per race and transport, the median of the repeats of what the
 judge measured (Result.stats["continuity"]): survival (how many of the runs), handshakes,
 interruption, resume time after the move, bytes fetched twice, completion, and the
 server-side retransmissions; with --json, every Result and the medians.

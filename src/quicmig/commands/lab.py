@@ -148,7 +148,8 @@ def _register_race(actions: argparse._SubParsersAction[argparse.ArgumentParser])
         "time from the move to the next byte, the longest gap, bytes fetched twice, when it "
         f"finished. SCENARIO is a race ({names}; default {DEFAULT_RACE}: the phone topology, "
         "WiFi 20 ms / 50 Mbit/s, cellular 60 ms / 10 Mbit/s / 1 % loss, a 4 MB download, "
-        "the move at 0.5 s), or any other scenario name or FILE.toml with a download. "
+        "the move once 1 MB has arrived), or any other scenario name or FILE.toml with a "
+        "download. "
         "Exit status: 0 when every transport's download completed intact (whether its "
         "connection survived is the measurement), 1 when one did not, 2 for bad input. "
         "Needs root, like `lab run`.",

@@ -1,7 +1,8 @@
 """The race's figure: every transport's delivered bytes on one time axis, the move marked.
 
 Each curve is a Result's `series.delivered` (what the client's application received, on
-its run's clock: zero when the run's server started, so the moves of all runs line up).
+its run's clock: zero when the run's server started), each run's move a dashed line of its
+colour (a move triggered by progress comes when that transport had the bytes).
 Each new connection a TCP client opened is a dot on its curve, where its first byte came.
 """
 
@@ -43,8 +44,11 @@ def plot_race(results: Sequence[Result], path: Path) -> None:
                 before = [b for t, b in points if t < at]
                 ax.plot(at, (before[-1] if before else 0) / 1e6, "o", color=color, markersize=5)
     first = results[0] if results else None
+    for result in results:  # each run's own move (a move by progress lands at its own time)
+        color = COLORS.get(result.transport, "tab:grey")
+        for change in result.network_changes:
+            ax.axvline(change.at, color=color, linestyle="--", linewidth=1, alpha=0.7)
     for change in first.network_changes if first else []:
-        ax.axvline(change.at, color="grey", linestyle="--", linewidth=1)
         ax.annotate(
             change.kind.value,
             (change.at, 1.0),
@@ -60,7 +64,7 @@ def plot_race(results: Sequence[Result], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     title = first.scenario if first else "race"
-    ax.set_title(f"{title}: dashed = the move, dots = a TCP reconnection's first byte")
+    ax.set_title(f"{title}: dashed = the move in each run, dots = a TCP reconnection's first byte")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".part" + path.suffix)
     metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(path.suffix.lower())

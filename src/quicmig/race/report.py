@@ -44,9 +44,12 @@ def size(count: Any) -> str:
 
 def race_table(results: Sequence[Result]) -> Table:
     first = results[0] if results else None
-    change = first.network_changes[0] if first and first.network_changes else None
+    moves = [(label(r), r.network_changes[0]) for r in results if r.network_changes]
     title = f"{first.scenario if first else 'race'}: " + (
-        f"{change.kind.value} at {change.at:.2f} s" if change else "no move"
+        f"{moves[0][1].kind.value} at "
+        + ", ".join(f"{change.at:.2f} s ({name})" for name, change in moves)
+        if moves
+        else "no move"
     )
     table = Table(title=title, title_justify="left")
     for column in (
