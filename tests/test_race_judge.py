@@ -195,3 +195,7 @@ def test_the_unlike_tcp_topic_shows_the_race_it_ran() -> None:
     assert "│ no " in row and "2.30 s" in row  # not survived; resumed 2.3 s after the move
     words = " ".join(out.split())  # the notes wrap at the console's width
     assert "resumed-with-range: 1 reconnection resumed with Range at byte 400" in words
+
+
+def test_a_change_after_the_last_delivery_has_no_interruption() -> None:
+    assert around([0.4, 0.9, 1.3], 1.5, 2.0, 3.0) == (None, None)

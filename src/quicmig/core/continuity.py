@@ -55,6 +55,8 @@ def around(
         gaps.append((times[index] - times[index - 1], times[index]))
     if completed_at is None and times[-1] <= at + MOVE_WINDOW:
         gaps.append((run_end - times[-1], None))
+    if not gaps:
+        return None, None  # the last delivery came before the change: the download was over
     length, resumed = max(gaps, key=lambda gap: gap[0])
     return length, None if resumed is None else resumed - at
 
