@@ -16,17 +16,14 @@ the server's content.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
 import signal
 import ssl
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +36,10 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
 from conftest import STARTUP, run_bounded, start_quicmig, stop_process
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from quicmig.core.app import content
+from quicmig.interop.chromium_client import DevTools
+from quicmig.interop.transfer import spki_hash
 from quicmig.live.certs import CertPaths
 from quicmig.live.server import BYTES_SEED, MAX_BYTES, LiveServer
 
@@ -93,69 +90,6 @@ def chromium_flags(origin: str, spki: str, profile: Path) -> list[str]:
         "--remote-debugging-pipe",
         "about:blank",
     ]
-
-
-def spki_hash(cert: Path) -> str:
-    """base64 SHA-256 of the certificate's SubjectPublicKeyInfo, as Chromium's SPKI list wants."""
-    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
-    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
-
-
-class DevTools:
-    """The DevTools protocol over Chromium's --remote-debugging-pipe."""
-
-    def __init__(self, reader: asyncio.StreamReader, write_fd: int) -> None:
-        self._reader = reader
-        self._write_fd = write_fd
-        self._next_id = 0
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.on_event: Callable[[str, dict[str, Any]], None] = lambda method, params: None
-        self._task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                message = json.loads((await self._reader.readuntil(b"\0"))[:-1])
-                if "id" not in message:
-                    self.on_event(message.get("method", ""), message.get("params", {}))
-                    continue
-                future = self._pending.pop(message["id"], None)
-                if future is None or future.done():
-                    continue
-                if "error" in message:
-                    future.set_exception(AssertionError(f"DevTools: {message['error']}"))
-                else:
-                    future.set_result(message.get("result", {}))
-        except asyncio.IncompleteReadError:
-            pass  # Chromium closed its end
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(AssertionError("Chromium closed the DevTools pipe"))
-
-    async def send(
-        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
-    ) -> dict[str, Any]:
-        self._next_id += 1
-        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session is not None:
-            message["sessionId"] = session
-        if self._task.done():
-            raise AssertionError("Chromium closed the DevTools pipe")
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = future
-        try:
-            os.write(self._write_fd, json.dumps(message).encode() + b"\0")
-        except BrokenPipeError:
-            raise AssertionError("Chromium closed the DevTools pipe") from None
-        return await future
-
-    async def aclose(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        os.close(self._write_fd)
 
 
 async def _start_chromium(

@@ -189,7 +189,9 @@ def test_capture_on_a_lab_interface(tmp_path: Path) -> None:
         net.start_capture(net.interface_of("server.eth0"), pcap)
         client = udp(net.client_namespace("client"), ("0.0.0.0", 0))
         with client:
-            client.sendto(b"captured payload", ("203.0.113.10", 5201))
+            for _ in range(5):  # a loaded machine may still be starting the element
+                client.sendto(b"captured payload", ("203.0.113.10", 5201))
+                time.sleep(0.1)
             time.sleep(0.3)
     data = pcap.read_bytes()
     assert b"captured payload" in data

@@ -72,6 +72,27 @@ def connection_class(
     return Configured
 
 
+def stream_send_backlog(conn: QuicConnection, stream_id: int) -> int | None:
+    """Bytes written to the stream that aioquic has not sent once yet, or None when nothing
+    more may be written (no such stream, FIN already written, reset, or connection closing).
+
+    A server writing a long body a piece at a time reads this to keep memory bounded: data
+    stays in the stream's buffer until acknowledged (RFC 9000 sections 2.2, 3.1), so the
+    buffer holds what is in flight plus this backlog.
+    """
+    # aioquic 1.7.2 private: _state, _streams, QuicStreamSender._buffer_stop, _buffer_fin,
+    # _reset_error_code (highest_offset is public: the highest offset ever sent).
+    if conn._state in END_STATES:
+        return None
+    stream = conn._streams.get(stream_id)
+    if stream is None:
+        return None
+    sender = stream.sender
+    if sender._buffer_fin is not None or sender._reset_error_code is not None:
+        return None
+    return sender._buffer_stop - sender.highest_offset
+
+
 class QuicmigConnection(QuicConnection):
     """aioquic's QuicConnection with the switches in `extensions` applied.
 

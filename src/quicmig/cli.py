@@ -23,7 +23,13 @@ COMMANDS: dict[str, str] = {  # name -> one line for `quicmig --help`; module qu
     "lab": "a real network in Linux namespaces: kernel NAT, interface switch, IP change (root)",
     "compare": "results of one scenario from different backends or seeds, side by side",
     "sweep": "many runs (a grid of values, seeds, stacks) on local processes or Dask, aggregated",
+    "report": "an HTML report of saved results (one self-contained file, works offline)",
 }
+
+
+# What `pip install -r requirements.txt` (or `pip install .`) brings: a missing one is said in
+# one line (the seed scripts run from a clone with nothing installed), not as a traceback.
+DEPENDENCIES = ("aioquic", "cryptography", "rich", "matplotlib")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Inside the try: Ctrl-C while the command's module is still importing is common.
         args = build_parser(selected).parse_args(args_list)
+        args.argv = args_list  # reports show the command that made them
         code: int = args.handler(args)
         return code
     except QuicmigError as exc:
@@ -72,3 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("quicmig: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").partition(".")[0]
+        if package not in DEPENDENCIES:
+            raise
+        print(
+            f"quicmig: error: the Python package {package} is missing; install quicmig's "
+            "dependencies with `pip install -r requirements.txt` (from the clone) or "
+            "`pip install .`",
+            file=sys.stderr,
+        )
+        return 1

@@ -15,6 +15,7 @@ import logging
 import re
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -45,7 +46,7 @@ from quicmig.model.scenario import (
 from quicmig.model.settings import check_seconds
 from quicmig.model.topology import Host, Interface, Link, Nat, Topology
 from quicmig.model.verdicts import MigrationKind, Verdict
-from quicmig.report.table import check_mark, make_console, verdict_text
+from quicmig.report.table import check_mark, hanging, log_line, make_console, verdict_text
 
 SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
@@ -349,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    print(log_line(line, indent=6), flush=True)
 
 
 def _report(result: Result) -> None:
@@ -364,7 +365,8 @@ def _report(result: Result) -> None:
         table.add_row(*[Text(cell) for cell in _row(index, change, result)])
     console.print(table)
     for check in result.checks:
-        console.print(f"{check_mark(check)} {check.name}: {check.detail}", highlight=False)
+        line = f"{check_mark(check)} {check.name}: {escape(check.detail)}"
+        console.print(hanging(line, console.width), highlight=False)
     transfer = result.transfer
     if transfer.workload == "download":
         _say(

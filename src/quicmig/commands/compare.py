@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from quicmig.core.results import check_output_file
 from quicmig.errors import InputError
 from quicmig.report.compare import compare_table, load_runs, scenario_warning
-from quicmig.report.table import make_console
+from quicmig.report.table import fold_columns, make_console
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,11 +34,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="two or more files written by `quicmig run NAME --json FILE`, or a race's "
         "(`quicmig lab race --json FILE`: its transports side by side)",
     )
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the comparison and each run's report as one self-contained page",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     files: list[Path] = args.files
+    if args.html is not None:
+        check_output_file(args.html, "--html")
     runs = [run for path in files for run in load_runs(path)]
     if len(runs) < 2:
         raise InputError(
@@ -47,5 +56,20 @@ def run(args: argparse.Namespace) -> int:
     warning = scenario_warning(runs)
     if warning is not None:
         print(f"quicmig: {warning}", file=sys.stderr)
-    make_console().print(compare_table(runs))
+    table = compare_table(runs)
+    console = make_console()
+    console.print(fold_columns(table, console.width))
+    if args.html is not None:
+        from quicmig.core.results import Result
+        from quicmig.report.html import rich_table_html, write_html
+
+        results = [Result.from_dict(r.data) for r in runs]
+        preface = rich_table_html(table)
+        write_html(args.html, results, title=_plain(table.title), preface=preface)
     return 0
+
+
+def _plain(title: object) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(title).plain if isinstance(title, str) else ""

@@ -8,6 +8,7 @@ same checks, same Result.
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
@@ -332,7 +333,7 @@ def run_command(args: argparse.Namespace) -> int:
         keylog=keylog,
         json_path=args.json,
         timeout=args.timeout,
-        command="lab run",
+        command=shlex.join(["quicmig", *getattr(args, "argv", ["lab", "run"])]),
     )
 
 

@@ -28,7 +28,10 @@ from quicmig.proxy.control import (
     send_request,
 )
 from quicmig.proxy.core import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_SESSION_TIMEOUT,
     DEFAULT_UPSTREAM_TIMEOUT,
+    EVICT_IDLE,
     Proxy,
     ProxyConfig,
     describe,
@@ -139,6 +142,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="fail when the upstream never answers within S seconds "
         f"(default {DEFAULT_UPSTREAM_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=DEFAULT_SESSION_TIMEOUT,
+        metavar="S",
+        help="a client's mapping expires after S seconds without traffic, as in a NAT "
+        f"(default {DEFAULT_SESSION_TIMEOUT:g}: Linux conntrack's, and RFC 4787's minimum); "
+        "its next datagram then gets a new source port",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        metavar="N",
+        help=f"at most N mappings, each one socket (default {DEFAULT_MAX_SESSIONS}, fewer if "
+        "the open-file limit leaves less room); a new source in a full table replaces the "
+        f"mapping idle longest if idle {EVICT_IDLE:g} s, or is refused (counted and logged)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -198,6 +219,9 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             raise InputError(f"--rebind-addr/--source {host}: not of the upstream's IP version")
     check_seconds(args.duration, "--duration", zero=False)
     check_seconds(args.upstream_timeout, "--upstream-timeout", zero=False)
+    check_seconds(args.session_timeout, "--session-timeout", zero=False)
+    if args.max_sessions < 1:
+        raise InputError(f"--max-sessions {args.max_sessions}: at least 1")
     if args.pcap is not None:
         check_output_file(args.pcap, "--pcap")
     return ProxyConfig(
@@ -210,6 +234,8 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         pcap=args.pcap,
         seed=args.seed,
         upstream_timeout=args.upstream_timeout,
+        session_timeout=args.session_timeout,
+        max_sessions=args.max_sessions,
     )
 
 
@@ -371,5 +397,7 @@ def _done_line(proxy: Proxy) -> str:
         f"{stats.to_upstream} to the upstream, {stats.from_upstream} back, "
         f"{stats.to_client} to the client; lost {proxy.up.stats.lost}+"
         f"{proxy.down.stats.lost}, queue drops {proxy.up.stats.queue_drops}+"
-        f"{proxy.down.stats.queue_drops}, blackholed {stats.blackholed}"
+        f"{proxy.down.stats.queue_drops}, blackholed {stats.blackholed}; sessions opened "
+        f"{stats.sessions_opened}, expired {stats.sessions_expired}, evicted "
+        f"{stats.sessions_evicted}, sources refused {stats.refused}"
     )

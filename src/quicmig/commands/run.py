@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -92,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--plot", type=Path, metavar="FILE", help="timeline figure (.png, .svg or .pdf)"
     )
     parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="a self-contained HTML report (works offline): the verdict, per migration the "
+        "packets around it and its numbers, the timeline; keeps the packet log in --json too",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
@@ -113,9 +122,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    for flag in ("json", "pcap", "keylog", "plot"):
+    for flag in ("json", "pcap", "keylog", "plot", "html"):
         if (path := getattr(args, flag)) is not None:
             check_output_file(path, f"--{flag}")
+    if args.html is not None and args.html.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"--html {args.html}: use a .html file name")
     if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
         raise InputError(f"--plot {args.plot}: use a .png, .svg or .pdf file name")
     for flag, value in (("--qlog-dir", args.qlog_dir), ("--out", args.out)):
@@ -151,8 +162,10 @@ def run(args: argparse.Namespace) -> int:
             qlog_dir=args.qlog_dir,
             json_path=args.json,
             plot=args.plot,
+            html=args.html,
             series=args.with_series,
             quiet=args.quiet,
+            command=_command(args),
         )
     if args.target == "all":
         return _run_all(args, console)
@@ -186,11 +199,23 @@ def run(args: argparse.Namespace) -> int:
             keylog=args.keylog,
             progress=tick if show_progress else None,
         )
-        result = run_scenario(scenario, options)
-    _report_one(console, scenario, result, args.plot, args.json, args.quiet)
+        if args.html is not None:
+            from quicmig.report.recording import run_recorded
+
+            result = run_recorded(scenario, options)
+        else:
+            result = run_scenario(scenario, options)
+    result = replace(result, command=_command(args))
+    _report_one(console, scenario, result, args.plot, args.json, args.quiet, args.html)
     if args.json is not None:
         _dump([result], args.json, args.with_series)
     return 0 if result.verdict is Verdict.PASSED else 1
+
+
+def _command(args: argparse.Namespace) -> str | None:
+    """`quicmig run ...` as typed (reports show it: it reproduces the run)."""
+    argv = getattr(args, "argv", None)
+    return None if argv is None else shlex.join(["quicmig", *argv])
 
 
 def _run_all(args: argparse.Namespace, console: Console) -> int:
@@ -206,7 +231,7 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"--workers {args.workers}: give 1 or more")
     _check_outputs(args)
     names = builtin_names()
-    series = args.out is not None or args.with_series
+    series = args.out is not None or args.with_series or args.html is not None
     stacks = (args.stack,)
     tasks = [
         t
@@ -234,9 +259,9 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
                 if "error" in record:
                     raise QuicmigError(f"{task.name}: the run failed: {record['error']}")
                 result = Result.from_dict(record)
-                results.append(result)
                 if args.out is not None:
                     _write_one(result, args.out, args.with_series)
+                results.append(result)  # finished: its files (if any) are whole
                 progress.advance(overall)
     except KeyboardInterrupt:
         if args.out is not None:
@@ -250,11 +275,15 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
             + (f"; {args.out} holds theirs and an {INCOMPLETE} note" if args.out else ""),
             file=sys.stderr,
         )
-        raise
+        return 130
     if not args.quiet:
-        console.print(summary_table(results))
+        console.print(summary_table(results, console.width))
     if args.json is not None:
         _dump(results, args.json, args.with_series)
+    if args.html is not None:
+        from quicmig.report.html import write_html
+
+        write_html(args.html, results, title="quicmig run all")
     unexpected = [r.scenario for r in results if not r.as_expected]
     console.print(
         f"{len(results) - len(unexpected)} of {len(results)} scenarios gave their expected verdict"
@@ -264,10 +293,19 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
 
 
 def _write_one(result: Result, folder: Path, series: bool) -> None:
+    """A scenario's JSON and figure, both or neither (Ctrl-C included): each is written
+    whole to its own name, and the first is taken back if the second does not make it."""
     from quicmig.report.plot import plot_timeline
 
-    _dump([result], folder / f"{result.scenario}.json", series)
-    plot_timeline(result, folder / f"{result.scenario}.png")
+    figure = folder / f"{result.scenario}.png"
+    data = folder / f"{result.scenario}.json"
+    try:
+        plot_timeline(result, figure)
+        _dump([result], data, series)
+    except BaseException:
+        for path in (figure, data):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _report_one(
@@ -277,6 +315,7 @@ def _report_one(
     plot: Path | None,
     json_path: Path | None,
     quiet: bool,
+    html: Path | None = None,
 ) -> None:
     if plot is not None:
         from quicmig.report.plot import plot_timeline
@@ -285,9 +324,16 @@ def _report_one(
         result.files["plot"] = str(plot)
     if json_path is not None:
         result.files["json"] = str(json_path)
+    if html is not None:
+        from quicmig.report.html import About, write_html
+
+        write_html(html, [result], infos=[About(scenario.summary, scenario.expect.why)])
+        result.files["html"] = str(html)
     if quiet:
         why = "".join(f"\n  {reason}" for reason in result.reasons)
-        console.print(f"{result.scenario}: {verdict_words(result)}{why}", markup=False)
+        console.print(
+            f"{result.scenario}: {verdict_words(result)}{why}", markup=False, soft_wrap=True
+        )
     else:
         print_result(console, result, scenario.expect.why)
 
@@ -302,10 +348,11 @@ def live_result(
     qlog_dir: Path | None = None,
     json_path: Path | None = None,
     plot: Path | None = None,
+    html: Path | None = None,
     series: bool = False,
     quiet: bool = False,
     timeout: float = 5.0,
-    command: str = "run --backend lab",
+    command: str | None = None,
 ) -> int:
     """One scenario over real UDP through the proxy, or through the namespace lab; report
     it like a simulator run. The exit status: 0 passed, 1 not."""
@@ -326,12 +373,19 @@ def live_result(
             # delays and losses had been applied; stdout keeps only the verdict.
             print(f"⚠️  lab: {line}", file=sys.stderr, flush=True)
 
-        network = lab = LabDriver(scenario, seed, pcap=pcap, command=command, log=warn)
+        # The not-root message names the command that was typed.
+        typed = (command or "quicmig run --backend lab").removeprefix("quicmig ")
+        network = lab = LabDriver(scenario, seed, pcap=pcap, command=typed, log=warn)
     else:
         from quicmig.proxy.driver import ProxyDriver
 
         network = ProxyDriver.for_scenario(scenario, seed, pcap)
-    live = LiveBackend(network, client=ClientOptions(timeout=timeout))
+    recorder = None
+    if html is not None:
+        from quicmig.report.recording import LiveRecorder
+
+        recorder = LiveRecorder()
+    live = LiveBackend(network, client=ClientOptions(timeout=timeout), on_server=recorder)
     try:
         result = run_stoppable(execute(scenario, live, options))
     finally:
@@ -341,8 +395,12 @@ def live_result(
             lab.close()
     if pcap is not None:
         result.files["pcap"] = str(pcap)
+    if recorder is not None:
+        # The proxy and the lab both translate the client's address, as a NAT does.
+        result = recorder.result(result, nat=True)
+    result = replace(result, command=command)
     console = make_console()
-    _report_one(console, scenario, result, plot, json_path, quiet)
+    _report_one(console, scenario, result, plot, json_path, quiet, html)
     if json_path is not None:
         _dump([result], json_path, series)
     return 0 if result.verdict is Verdict.PASSED else 1

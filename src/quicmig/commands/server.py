@@ -11,11 +11,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from quicmig.core.datagram import Address, format_address, parse_address
+from quicmig.core.endpoint import DEFAULT_HISTORY, ServerLimits
 from quicmig.core.results import check_output_dir
 from quicmig.errors import InputError
 from quicmig.live.certs import CERT_FILE, KEY_FILE, SAN_IPS, SAN_NAMES, CertPaths, write
-from quicmig.live.server import DEFAULT_HOST, DEFAULT_PORT, LiveServer
+from quicmig.live.server import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_MAX_HALF_OPEN,
+    DEFAULT_PORT,
+    LIVE_LIMITS,
+    LiveServer,
+)
 from quicmig.model.scenario import STACKS, QuicExtensions
+from quicmig.model.settings import check_seconds
 
 # aioquic warns on stderr about every connection closed with an error; our log says it.
 QUIC_LOGGER = "quic"
@@ -82,6 +91,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "server-side extensions (PATH_CHALLENGE in the first packet on a new path, fresh "
         "recovery state for a new address, a probe of the old path; src/quicmig/aioquic_ext.py)",
     )
+    parser.add_argument(
+        "--retry",
+        action="store_true",
+        help="validate each client's address with a Retry before keeping any state for it "
+        "(RFC 9000 section 8.1.2): for a server exposed to floods of spoofed Initials; costs "
+        "one round trip per handshake",
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=DEFAULT_HISTORY,
+        metavar="N",
+        help="closed connections whose records /migrations keeps (default "
+        f"{DEFAULT_HISTORY}); older ones are dropped, the totals stay exact",
+    )
+    parser.add_argument(
+        "--max-half-open",
+        type=int,
+        default=DEFAULT_MAX_HALF_OPEN,
+        metavar="N",
+        help="handshakes in progress per listen address; beyond, new connections are "
+        f"refused and logged (default {DEFAULT_MAX_HALF_OPEN})",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="S",
+        help="drop a connection whose handshake is not done after S seconds "
+        f"(default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
     parser.add_argument("--qlog-dir", type=Path, metavar="DIR", help="write qlogs here on exit")
     parser.add_argument(
         "--secrets-log", type=Path, metavar="FILE", help="append TLS secrets (SSLKEYLOGFILE)"
@@ -132,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         listen = [(_host(args.host, "--host"), args.port)]
     preferred = parse_preferred(args.preferred_address, listen)
+    limits = server_limits(args.history, args.max_half_open, args.handshake_timeout)
     if args.qlog_dir is not None:  # qlogs are written on exit: find out now that they can be
         check_output_dir(args.qlog_dir, "--qlog-dir")
     paths = CertPaths.beside(args.cert, args.key)
@@ -151,8 +192,19 @@ def run(args: argparse.Namespace) -> int:
             preferred=preferred,
             disable_active_migration=args.disable_active_migration,
             extensions=server_extensions(args.stack),
+            limits=limits,
+            retry=args.retry,
         )
     )
+
+
+def server_limits(history: int, max_half_open: int, handshake_timeout: float) -> ServerLimits:
+    if history < 0:
+        raise InputError(f"--history {history}: a number of connections >= 0")
+    if max_half_open < 1:
+        raise InputError(f"--max-half-open {max_half_open}: at least 1")
+    check_seconds(handshake_timeout, "--handshake-timeout", zero=False)
+    return ServerLimits(history, max_half_open, handshake_timeout)
 
 
 def parse_preferred(items: list[str], listen: list[Address]) -> list[Address]:
@@ -186,7 +238,11 @@ def server_extensions(stack: str) -> QuicExtensions:
 
 
 def _log(line: str) -> None:
-    print(line, flush=True)
+    """One event per line; in a terminal narrower than the line, wrapped between words with
+    the rest indented (the terminal itself would cut words and addresses)."""
+    from quicmig.report.table import log_line
+
+    print(log_line(line), flush=True)
 
 
 async def serve(
@@ -198,6 +254,8 @@ async def serve(
     preferred: list[Address] | None = None,
     disable_active_migration: bool = False,
     extensions: QuicExtensions | None = None,
+    limits: ServerLimits = LIVE_LIMITS,
+    retry: bool = False,
 ) -> int:
     """Run until SIGINT (Ctrl-C) or SIGTERM (docker stop), then shut down cleanly."""
     loop = asyncio.get_running_loop()
@@ -218,6 +276,8 @@ async def serve(
         preferred_addresses=preferred or (),
         disable_active_migration=disable_active_migration,
         extensions=extensions,
+        limits=limits,
+        retry=retry,
     )
     try:
         addresses = await server.start()
@@ -229,11 +289,13 @@ async def serve(
             _log(f"🧩 quicmig extensions on: {', '.join(server.extensions.enabled)}")
         if disable_active_migration:
             _log("🚫 disable_active_migration sent: clients must not migrate actively")
+        if retry:
+            _log("🎟  Retry on: every client address is validated before any state is kept")
         _log("📋 Server supports connection migration")
         first = format_address(addresses[0])
-        shown = first.replace("127.0.0.1", "localhost")
         _log(f"   ALPN quicmig: the message protocol of `quicmig client --port {addresses[0][1]}`")
-        _log(f"   ALPN h3: HTTP/3 at https://{shown}/ , /migrations (JSON), /bytes/N, /fetch/N")
+        # The address itself: Chromium takes `localhost` to ::1, where the server may not be.
+        _log(f"   ALPN h3: HTTP/3 at https://{first}/ , /migrations (JSON), /bytes/N, /fetch/N")
         if paths.ca.is_file():
             _log(f"   certificate {paths.cert}, clients verify it against {paths.ca}")
         else:
@@ -247,8 +309,8 @@ async def serve(
         for sig in signals:
             loop.remove_signal_handler(sig)
         await server.aclose()
-    migrations = sum(len(c.server_conn.tracker.migrations) for c in server.connections)
-    connections = len(server.connections)
+    totals = server.totals()
+    migrations, connections = totals["migrations"], totals["connections"]
     _log(
         f"🛑 Server stopped: {connections} connection{'' if connections == 1 else 's'}, "
         f"{migrations} migration{'' if migrations == 1 else 's'} observed"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from quicmig.errors import InputError
-from quicmig.report.table import make_console
+from quicmig.report.table import fold_columns, make_console
 
 if TYPE_CHECKING:
     from quicmig.sweep.spec import SweepSpec
@@ -108,6 +108,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--plot", type=Path, metavar="FILE", help="report figure (default DIR/report.png)"
+    )
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="report: also a self-contained HTML page (the tables and the figure, inline)",
     )
     parser.add_argument("--x", metavar="KEY", help="report figure: the swept key on the x axis")
     parser.add_argument(
@@ -295,8 +301,11 @@ def report(args: argparse.Namespace, folder: Path, console: Console) -> int:
     store.manifest()
     csv_path = args.csv or folder / "report.csv"
     plot_path = args.plot or folder / "report.png"
-    for flag, path in (("--csv", csv_path), ("--plot", plot_path)):
-        check_output_file(path, flag)
+    for flag, path in (("--csv", csv_path), ("--plot", plot_path), ("--html", args.html)):
+        if path is not None:
+            check_output_file(path, flag)
+    if args.html is not None and args.html.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"--html {args.html}: use a .html file name")
     metrics = DEFAULT_METRICS
     if args.metrics:
         metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -307,10 +316,17 @@ def report(args: argparse.Namespace, folder: Path, console: Console) -> int:
     if not summary.groups:
         raise InputError(f"{folder}: no finished runs yet; run the sweep first")
     plot_summary(summary, plot_path, metrics, args.x)
+    if args.html is not None:
+        from quicmig.report.html import sweep_page
+
+        sweep_page(args.html, folder, summary, metrics_table(summary), checks_table(summary),
+                   metrics, args.x)  # fmt: skip
     if not args.quiet:
-        console.print(metrics_table(summary))
-        console.print(checks_table(summary))
+        keep = len(summary.keys) + 1  # the swept values and the stack name each row
+        console.print(fold_columns(metrics_table(summary), console.width, keep))
+        console.print(fold_columns(checks_table(summary), console.width, keep))
         for line in summary.errors[:5]:
             console.print(f"[red]error[/red] {line}", markup=True, highlight=False)
-    console.print(f"{summary.runs} runs; CSV {csv_path}, figure {plot_path}", markup=False)
+    page = f", page {args.html}" if args.html is not None else ""
+    console.print(f"{summary.runs} runs; CSV {csv_path}, figure {plot_path}{page}", markup=False)
     return 0

@@ -8,7 +8,9 @@ Every request goes on a fresh client-initiated bidirectional stream: one ASCII l
     STREAM <bits/s> <seconds> <chunk>\\n -> <chunk>-byte frames at that rate, for that long
 
 Content is drawn from a seeded generator so both ends can name it, but each end hashes
-what it actually sent or received: "intact" compares those two SHA-256 digests.
+what it actually sent or received: "intact" compares those two SHA-256 digests. The server
+generates a body a piece at a time, as the connection takes it (`ServerApp.pump`), so a
+200 MB download never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -17,22 +19,51 @@ import hashlib
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aioquic.quic.connection import QuicConnection
 
+from quicmig.aioquic_ext import stream_send_backlog
 from quicmig.model.scenario import MAX_DOWNLOAD, Download, Messages, Stream, Workload
 
 MAX_REQUEST = 1 << 20  # bytes: a longer request is refused, and no STREAM frame is larger
 MAX_STREAM_S = 3600.0  # seconds: the longest STREAM
+CHUNK = 1 << 16  # bytes of a body generated at a time (a multiple of 4, see content_chunks)
+SEND_AHEAD = 1 << 18  # bytes: a body is generated while less than this waits to be sent
+
+
+def _check_size(size: int) -> None:
+    if not 0 <= size <= MAX_DOWNLOAD:
+        raise ValueError(f"content size {size} outside 0..{MAX_DOWNLOAD}")
 
 
 def content(size: int, seed: int) -> bytes:
     """The deterministic body of `DOWNLOAD size seed` (0 <= size <= MAX_DOWNLOAD)."""
-    if not 0 <= size <= MAX_DOWNLOAD:
-        raise ValueError(f"content size {size} outside 0..{MAX_DOWNLOAD}")
+    _check_size(size)
     return random.Random(seed).randbytes(size)
+
+
+def content_chunks(size: int, seed: int, chunk: int = CHUNK) -> Iterator[bytes]:
+    """`content(size, seed)` in pieces of `chunk` bytes (the last may be shorter).
+
+    `Random.randbytes` draws whole 32-bit words, so pieces whose length is a multiple of 4
+    join up to exactly the bytes of one call.
+    """
+    _check_size(size)  # now, not at the first piece
+    if chunk <= 0 or chunk % 4:
+        raise ValueError(f"chunk {chunk}: give a positive multiple of 4 bytes")
+    rng = random.Random(seed)
+    return (rng.randbytes(min(chunk, size - start)) for start in range(0, size, chunk))
+
+
+def content_digest(size: int, seed: int) -> str:
+    """SHA-256 (hex) of `content(size, seed)`, without holding it in memory."""
+    digest = hashlib.sha256()
+    for piece in content_chunks(size, seed):
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 class ProtocolError(Exception):
@@ -69,29 +100,60 @@ class _StreamJob:
     sequence: int = 0
 
 
+@dataclass(slots=True)
+class _Body:
+    """A response body still being generated: what is left and the hash of what was sent."""
+
+    stream_id: int
+    pieces: Iterator[bytes]
+    left: int  # bytes not generated yet
+    digest: Any = field(default_factory=hashlib.sha256)  # hashlib's type is private
+
+
 class ServerApp:
-    """Answers the message protocol on one server-side connection."""
+    """Answers the message protocol on one server-side connection.
+
+    The endpoint driving the connection calls `stream_data()` for each request's data and,
+    after every input to the connection (a datagram, a timer), `pump()`: long bodies are
+    generated as the connection sends them. After `release()` nothing is served any more;
+    `sent_digests` stays.
+    """
 
     def __init__(self, conn: QuicConnection) -> None:
-        self._conn = conn
+        self._conn: QuicConnection | None = conn
         self._requests: dict[int, bytearray] = {}
         self._jobs: list[_StreamJob] = []
+        self._bodies: dict[int, _Body] = {}
         self.sent_digests: dict[int, str] = {}  # stream id -> SHA-256 of the response body
         self.on_request: Callable[[str], bytes | None] | None = None  # extra verbs (live server)
+
+    @property
+    def conn(self) -> QuicConnection:
+        if self._conn is None:
+            raise RuntimeError("this connection's application was released")
+        return self._conn
+
+    def release(self) -> None:
+        """The connection is over: drop it and everything pending; keep `sent_digests`."""
+        self._conn = None
+        self._requests.clear()
+        self._jobs.clear()
+        self._bodies.clear()
+        self.on_request = None
 
     def stream_data(self, stream_id: int, data: bytes, end_stream: bool, now: float) -> None:
         buffer = self._requests.setdefault(stream_id, bytearray())
         buffer += data
         if len(buffer) > MAX_REQUEST:
             self._requests.pop(stream_id)
-            self._conn.reset_stream(stream_id, error_code=1)
+            self.conn.reset_stream(stream_id, error_code=1)
             return
         if end_stream:
             request = bytes(self._requests.pop(stream_id))
             try:
                 self._answer(stream_id, request, now)
             except ProtocolError:
-                self._conn.reset_stream(stream_id, error_code=2)
+                self.conn.reset_stream(stream_id, error_code=2)
 
     def _answer(self, stream_id: int, request: bytes, now: float) -> None:
         line, _, body = request.partition(b"\n")
@@ -100,7 +162,7 @@ class ServerApp:
             if verb == "ECHO":
                 self._send(stream_id, body)
             elif verb == "DOWNLOAD":
-                self._send(stream_id, content(int(args[0]), int(args[1])))
+                self.send_content(stream_id, int(args[0]), int(args[1]))
             elif verb == "STREAM":
                 rate, seconds, chunk = float(args[0]), float(args[1]), int(args[2])
                 interval = chunk * 8 / rate
@@ -120,17 +182,47 @@ class ServerApp:
 
     def _send(self, stream_id: int, body: bytes) -> None:
         self.sent_digests[stream_id] = hashlib.sha256(body).hexdigest()
-        self._conn.send_stream_data(stream_id, body, end_stream=True)
+        self.write(stream_id, body, True)
+
+    def write(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Put response bytes on the stream (HTTP/3 wraps them in DATA frames)."""
+        self.conn.send_stream_data(stream_id, data, end_stream=end_stream)
+
+    def send_content(self, stream_id: int, size: int, seed: int) -> None:
+        """Answer with `content(size, seed)`, generated as the connection takes it."""
+        pieces = content_chunks(size, seed)  # checks the size
+        self._bodies[stream_id] = _Body(stream_id, pieces, size)
+        self.pump()
+
+    def pump(self) -> None:
+        """Generate more of each body whose stream has less than SEND_AHEAD bytes unsent."""
+        if self._conn is None:
+            return
+        for body in list(self._bodies.values()):
+            backlog = stream_send_backlog(self._conn, body.stream_id)
+            if backlog is None:  # reset by the peer, or the connection is closing
+                del self._bodies[body.stream_id]
+                continue
+            while backlog < SEND_AHEAD and body.stream_id in self._bodies:
+                piece = next(body.pieces, b"")
+                body.left -= len(piece)
+                body.digest.update(piece)
+                done = body.left <= 0
+                if done:
+                    self.sent_digests[body.stream_id] = body.digest.hexdigest()
+                    del self._bodies[body.stream_id]
+                self.write(body.stream_id, piece, done)
+                backlog += len(piece)
 
     def _run_jobs(self, now: float) -> None:
         for job in self._jobs:
             while job.next_at <= now and job.next_at < job.end_at:
                 frame = job.sequence.to_bytes(8, "big").ljust(job.chunk, b"\x00")[: job.chunk]
-                self._conn.send_stream_data(job.stream_id, frame)
+                self.conn.send_stream_data(job.stream_id, frame)
                 job.sequence += 1
                 job.next_at += job.interval
             if job.next_at >= job.end_at:
-                self._conn.send_stream_data(job.stream_id, b"", end_stream=True)
+                self.conn.send_stream_data(job.stream_id, b"", end_stream=True)
         self._jobs = [job for job in self._jobs if job.next_at < job.end_at]
 
     def get_timer(self) -> float | None:

@@ -31,6 +31,11 @@ def _n(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
+def _each(count: int, noun: str) -> str:
+    """`the active migration` (one) or `each of the 3 active migrations`."""
+    return f"the {noun}" if count == 1 else f"each of the {count} {noun}s"
+
+
 def _where(addr: Address) -> str:
     return format_address(addr)
 
@@ -219,7 +224,7 @@ def _new_dcid(
     return Check.of(
         "new-dcid-after-active-migration",
         not reused,
-        f"the client used a new DCID after each of {_n(len(active), 'active migration')}"
+        f"the client used a new DCID after {_each(len(active), 'active migration')}"
         if not reused
         else f"{len(reused)} of {_n(len(active), 'active migration')} kept the old DCID "
         "(RFC 9000 section 9.5)",
@@ -256,8 +261,7 @@ def _target(migrations: Sequence[MigrationResult], changes: Sequence[NetworkChan
         "migration-target",
         not wrong,
         "; ".join(wrong)
-        or f"the server saw the client where the network put it after each of "
-        f"{_n(matched, 'change')}",
+        or f"the server saw the client where the network put it after {_each(matched, 'change')}",
     )
 
 

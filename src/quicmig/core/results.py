@@ -15,12 +15,15 @@ import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quicmig.core.datagram import Address, format_address, parse_address
 from quicmig.errors import InputError, QuicmigError
 from quicmig.model.events import EventKind
 from quicmig.model.verdicts import CheckState, MigrationKind, Rules, Verdict
+
+if TYPE_CHECKING:
+    from quicmig.core.packetlog import PacketLog
 
 SCHEMA = "quicmig.result/2"
 RUNS_SCHEMA = "quicmig.results/2"  # several results in one file (`quicmig run all --json`)
@@ -256,6 +259,10 @@ class Result:
     series: Series
     files: dict[str, str] = field(default_factory=dict)
     transport: str = "quic"
+    # The packets around each migration (quicmig.core.packetlog), for reports that draw
+    # them: only when asked for (`--html`), it is the largest part of a result.
+    packets: PacketLog | None = None
+    command: str | None = None  # the command line that made it (reports show it)
 
     @property
     def as_expected(self) -> bool:
@@ -285,11 +292,17 @@ class Result:
         }
         if series:
             data["series"] = self.series.to_dict()
+        if self.command is not None:
+            data["command"] = self.command
+        if self.packets is not None:
+            data["packets"] = self.packets.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
         """A result as `to_dict()` wrote it (KeyError/ValueError on a malformed one)."""
+        from quicmig.core.packetlog import PacketLog
+
         return cls(
             scenario=data["scenario"],
             backend=data["backend"],
@@ -310,6 +323,8 @@ class Result:
             series=Series.from_dict(data["series"]) if "series" in data else NO_SERIES,
             files=dict(data.get("files", {})),
             transport=data.get("transport", "quic"),
+            packets=PacketLog.from_dict(data["packets"]) if data.get("packets") else None,
+            command=data.get("command"),
         )
 
 

@@ -13,11 +13,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aioquic.quic.logger import QLOG_VERSION, QuicLogger, QuicLoggerTrace
 
 from quicmig.core.datagram import Address
+
+if TYPE_CHECKING:
+    from quicmig.core.tracker import MigrationTracker
 
 Clock = Callable[[], float]
 
@@ -115,11 +118,31 @@ class TapTrace(QuicLoggerTrace):
             self.observer.on_packets_sent([_packet(at, peer, data, local) for at, data in group])
 
     def to_dict(self) -> dict[str, Any]:
+        """The trace as qlog, with the qlog draft's path events of what the server observed
+        (`quicmig.core.qlogpaths`: aioquic 1.7 logs none) among aioquic's own events."""
         trace = super().to_dict()
         trace["events"] = self.events
+        tracker = _tracker_of(self.observer)
+        if tracker is not None and self.events:
+            from quicmig.core.qlogpaths import path_events
+
+            start = self.events[0]["time"] / 1e3
+            added = path_events(tracker, None, start)
+            trace["events"] = sorted([*self.events, *added], key=lambda e: float(e["time"]))
         trace["common_fields"]["time_format"] = "relative"
         trace["common_fields"]["reference_time"] = 0
         return trace
+
+
+def _tracker_of(observer: object) -> MigrationTracker | None:
+    """The MigrationTracker behind an observer (recorders pass packets on as `inner`)."""
+    from quicmig.core.tracker import MigrationTracker
+
+    for _ in range(4):
+        if isinstance(observer, MigrationTracker):
+            return observer
+        observer = getattr(observer, "inner", None)
+    return None
 
 
 def _packet(at: float, peer: Address, data: dict[str, Any], local: Address | None = None) -> Packet:
@@ -137,7 +160,12 @@ def _packet(at: float, peer: Address, data: dict[str, Any], local: Address | Non
 
 
 class TapLogger(QuicLogger):
-    """Hands each new connection a TapTrace; set `next_observer` before creating one.
+    """Makes every connection's TapTrace and keeps them (when `keep`) for write_qlogs().
+
+    aioquic calls `start_trace()` for a connection created with this logger in its
+    configuration: that trace has no observer. A server gives each accepted connection a
+    trace with its own observer instead: `trace(..., observer=...)`, handed to aioquic through
+    a `OneTraceLogger` (see ServerEndpoint).
 
     Time is an argument: the endpoint sets `now` (seconds) before each call into aioquic,
     and every event logged during that call carries it.
@@ -147,26 +175,31 @@ class TapLogger(QuicLogger):
         super().__init__()
         self.now = 0.0
         self.keep = keep
-        self.next_observer: PacketObserver | None = None
-        self.last_trace: TapTrace | None = None
         self.traces: list[TapTrace] = []  # kept (when `keep`) for write_qlogs()
 
     def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
+        return self.trace(is_client=is_client, odcid=odcid, observer=None)
+
+    def trace(self, *, is_client: bool, odcid: bytes, observer: PacketObserver | None) -> TapTrace:
+        """A new trace on this logger's clock, feeding `observer`."""
         trace = TapTrace(
             is_client=is_client,
             odcid=odcid,
             clock=lambda: self.now,
             keep=self.keep,
-            observer=self.next_observer,
+            observer=observer,
         )
-        self.next_observer = None
-        self.last_trace = trace
         if self.keep:
             self.traces.append(trace)
         return trace
 
     def end_trace(self, trace: QuicLoggerTrace) -> None:
         """Traces stay in memory until write_qlogs()."""
+
+    def discard(self, trace: TapTrace | None) -> None:
+        """Forget a trace whose connection was never kept (no qlog for it)."""
+        if trace is not None and self.traces and self.traces[-1] is trace:  # the newest
+            self.traces.pop()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,3 +222,19 @@ class TapLogger(QuicLogger):
             path.write_text(json.dumps(document))
             paths.append(path)
         return paths
+
+
+class OneTraceLogger(QuicLogger):
+    """The quic_logger of one connection's configuration: hands aioquic a trace made
+    beforehand (with its observer), so nothing is configured after the connection exists."""
+
+    def __init__(self, trace: TapTrace, base: TapLogger) -> None:
+        super().__init__()
+        self._trace = trace
+        self._base = base
+
+    def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
+        return self._trace
+
+    def end_trace(self, trace: QuicLoggerTrace) -> None:
+        self._base.end_trace(trace)

@@ -7,12 +7,18 @@ the highest-numbered non-probing packet arrives from a new address.
 
 from __future__ import annotations
 
+import math
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from quicmig.core.datagram import Address, format_address, parse_address
 from quicmig.core.tap import Packet
 from quicmig.model.verdicts import MigrationKind
+
+# Recovery samples kept per connection: aioquic logs one per packet sent and per ACK (a 10 MB
+# download gives about 14,000). Past this the series is thinned, never cut (see on_recovery).
+RECOVERY_SAMPLES = 16_384  # samples (40 bytes each)
 
 # RFC 9000 section 9.1: packets holding only these frames are probing packets.
 PROBING_FRAMES = frozenset({"path_challenge", "path_response", "new_connection_id", "padding"})
@@ -117,16 +123,24 @@ class RecoverySample:
 
 
 class MigrationTracker:
-    """Per-connection record of paths, migrations, challenges, losses and retransmissions."""
+    """Per-connection record of paths, migrations, challenges, losses and retransmissions.
 
-    def __init__(self) -> None:
+    `recovery_limit`: at most this many recovery samples are kept (memory per connection is
+    bounded); see `on_recovery`.
+    """
+
+    def __init__(self, recovery_limit: int = RECOVERY_SAMPLES) -> None:
+        if recovery_limit < 2:
+            raise ValueError("recovery_limit: keep at least 2 samples")
         self.peer: Address | None = None  # where the client's newest non-probing packet came from
         self.peers_seen: list[Address] = []
         self.migrations: list[ObservedMigration] = []
         self.cid_rotations: list[CidRotation] = []
-        self.lost_packets: list[float] = []  # times aioquic declared a packet lost
-        self.retransmitted: list[tuple[float, int]] = []  # (time, stream bytes sent again)
-        self.recovery: list[RecoverySample] = []
+        self.lost_packets = array("d")  # times aioquic declared a packet lost
+        # (time, stream bytes sent again): see `retransmitted`; arrays hold 16 bytes an entry
+        self._retransmitted_at = array("d")
+        self._retransmitted_bytes = array("q")
+        self.recovery_events = 0  # metrics_updated events seen (all, kept or not)
         self.datagrams_to: dict[Address, int] = {}  # bytes the server sent to each address
         self.datagrams_from: dict[Address, int] = {}  # bytes received from each address
         # The server address the client's newest non-probing packet reached (None: the
@@ -141,6 +155,11 @@ class MigrationTracker:
         self._challenges: dict[str, Challenge] = {}
         self.validated: set[Address] = set()  # the handshake's address, and answered ones
         self._stream_sent: dict[int, int] = {}  # stream id -> highest offset sent
+        # The recovery series as five columns of doubles (NaN: not logged), one entry per
+        # kept sample; every `_stride`-th event is kept.
+        self._recovery_limit = recovery_limit
+        self._columns = tuple(array("d") for _ in range(5))
+        self._stride = 1
 
     # Observer interface (see TapTrace)
 
@@ -241,7 +260,8 @@ class MigrationTracker:
         end = offset + frame["length"]
         highest = self._stream_sent.get(stream_id, 0)
         if offset < highest:
-            self.retransmitted.append((at, min(end, highest) - offset))
+            self._retransmitted_at.append(at)
+            self._retransmitted_bytes.append(min(end, highest) - offset)
         if end > highest:
             self._stream_sent[stream_id] = end
 
@@ -249,17 +269,50 @@ class MigrationTracker:
         if name == "packet_lost":
             self.lost_packets.append(at)
         elif name == "metrics_updated":
-            srtt = data.get("smoothed_rtt")
-            latest = data.get("latest_rtt")
-            self.recovery.append(
-                RecoverySample(
-                    at=at,
-                    cwnd=data.get("cwnd"),
-                    bytes_in_flight=data.get("bytes_in_flight"),
-                    smoothed_rtt=srtt / 1e3 if srtt is not None else None,
-                    latest_rtt=latest / 1e3 if latest is not None else None,
-                )
+            self.recovery_events += 1
+            if (self.recovery_events - 1) % self._stride:
+                return
+            if len(self._columns[0]) >= self._recovery_limit:
+                self._thin()
+                if (self.recovery_events - 1) % self._stride:
+                    return
+            at_, cwnd, flight, srtt, latest = self._columns
+            at_.append(at)
+            value = data.get("cwnd")
+            cwnd.append(math.nan if value is None else value)
+            value = data.get("bytes_in_flight")
+            flight.append(math.nan if value is None else value)
+            value = data.get("smoothed_rtt")  # milliseconds
+            srtt.append(math.nan if value is None else value / 1e3)
+            value = data.get("latest_rtt")
+            latest.append(math.nan if value is None else value / 1e3)
+
+    def _thin(self) -> None:
+        """Keep every other sample and from now on every other event: the series still spans
+        the whole connection, at half the resolution (the figure needs far fewer points)."""
+        for column in self._columns:
+            column[:] = column[::2]
+        self._stride *= 2
+
+    @property
+    def retransmitted(self) -> list[tuple[float, int]]:
+        """(time, stream bytes sent again below the highest offset already sent)."""
+        return list(zip(self._retransmitted_at, self._retransmitted_bytes, strict=True))
+
+    @property
+    def recovery(self) -> list[RecoverySample]:
+        """aioquic's recovery metrics over time (all of them, or evenly thinned to at most
+        `recovery_limit`; `recovery_events` counts every one logged)."""
+        return [
+            RecoverySample(
+                at=at,
+                cwnd=None if math.isnan(cwnd) else int(cwnd),
+                bytes_in_flight=None if math.isnan(flight) else int(flight),
+                smoothed_rtt=None if math.isnan(srtt) else srtt,
+                latest_rtt=None if math.isnan(latest) else latest,
             )
+            for at, cwnd, flight, srtt, latest in zip(*self._columns, strict=True)
+        ]
 
     @property
     def challenges(self) -> list[Challenge]:
@@ -380,8 +433,10 @@ class MigrationTracker:
                 local, u["first_packet_at"], u["first_packet_dcid"], u["first_dcid_new"],
                 u["first_packet_probing"], u.get("moved_at"),
             )  # fmt: skip
-        tracker.lost_packets = [t - clock_offset for t in data.get("lost_packets", [])]
-        tracker.retransmitted = [(t - clock_offset, n) for t, n in data.get("retransmitted", [])]
+        tracker.lost_packets = array("d", (t - clock_offset for t in data.get("lost_packets", [])))
+        for at, size in data.get("retransmitted", []):
+            tracker._retransmitted_at.append(at - clock_offset)
+            tracker._retransmitted_bytes.append(size)
         tracker.datagrams_to = {parse_address(a): n for a, n in data.get("bytes_to", {}).items()}
         tracker.datagrams_from = {
             parse_address(a): n for a, n in data.get("bytes_from", {}).items()

@@ -25,12 +25,11 @@ class Story:
 
 
 INTRO = """\
-QUIC connections survive a change of network: a NAT that forgets its mapping, a phone that walks
-out of WiFi range, a DHCP lease that hands out a new address. This demo runs each situation
-with [bold]real aioquic endpoints[/bold] in quicmig's simulator (virtual time, so a 10 s
-download takes a second) and shows the [bold]packets the server actually sent and received[/bold]
-around each migration, then the numbers measured from them: how long the server took to notice,
-the round trip of path validation, and how long the application waited.
+QUIC connections survive a change of network: a NAT that forgets its mapping, a phone that
+leaves WiFi, a new DHCP address. Each scenario here runs [bold]real aioquic endpoints[/bold]
+in quicmig's simulator (virtual time: a 10 s download takes a second) and shows the
+[bold]packets the server really sent and received[/bold] around each migration, then what
+they measure: how soon the server noticed, the validation round trip, the wait for the app.
 """
 
 UNLIKE_TCP = "unlike-tcp"  # the topic that runs `quicmig lab race` where the lab is available
@@ -82,8 +81,8 @@ then the PATH_RESPONSE row with the same data one round trip later; the gap betw
         """\
 Until an address is validated, a server may send it at most [bold]three times the bytes it has
 received from it[/bold] (RFC 9000 §8, §8.2.1, §9.3). This holds during the handshake and again
-on every unvalidated new path, so a spoofed source address can only be hit with a little more
-than the attacker sent. It is why a client pads its first Initial to 1200 bytes, and why
+on every unvalidated new path, so the owner of a spoofed source address receives at most three
+times what the attacker sent. It is why a client pads its first Initial to 1200 bytes, and why
 PATH_CHALLENGE packets are padded to 1200 bytes too (§8.2.1): padding proves the path carries
 full-size packets while staying within the budget.
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from typing import IO, cast
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.prompt import Prompt
 from rich.rule import Rule
@@ -28,11 +29,12 @@ from quicmig.demo.content import (
     Topic,
     story,
 )
-from quicmig.demo.diagram import TIMES, diagram, foci
-from quicmig.demo.observe import Observation, observe
+from quicmig.demo.diagram import diagram
+from quicmig.demo.observe import observe
 from quicmig.model.loader import builtin_names, load_scenario
 from quicmig.model.scenario import Scenario
 from quicmig.model.verdicts import CheckState
+from quicmig.report.sequence import TIMES
 from quicmig.report.table import verdict_text
 
 WIDTH = 100  # columns at most: prose and diagrams are laid out for this
@@ -40,10 +42,17 @@ DEMO_RACE = ("network-switch", 2_000_000)  # the race the Unlike-TCP topic runs,
 
 
 def make_console() -> Console:
+    """The terminal's width up to WIDTH; piped, COLUMNS up to WIDTH, as plain text without
+    trailing spaces (quicmig.report.table)."""
+    import sys
+
+    from quicmig.report.table import TrimmedLines, console_width
+
     probe = Console()
+    width = min(console_width(probe), WIDTH)
     if probe.is_terminal:
-        return Console(width=min(probe.width, WIDTH))
-    return Console(width=WIDTH)
+        return Console(width=width)
+    return Console(file=cast(IO[str], TrimmedLines(sys.stdout)), width=width)
 
 
 def reflow(text: str) -> str:
@@ -174,19 +183,27 @@ class Demo:
         sim = result.stats.get("run_seconds", 0.0)
         console.print(
             f"[dim]Simulated {sim:.2f} s in {result.wall.get('seconds', 0.0):.2f} s of wall "
-            f"time (seed {result.seed}); the server's aioquic logged {len(obs.records):,} "
+            f"time (seed {result.seed}); the server's aioquic logged {obs.log.total:,} "
             "packets.[/dim]"
         )
-        views = foci(obs)
+        views = obs.log.windows
         if not views:
             console.print("No network change and no migration in this run.")
-        for index, focus in enumerate(views):
+        for index, window in enumerate(views):
             if index:
                 self.pause("see the next one")
             console.print()
-            console.print(diagram(obs, focus, width=console.width))
-            if focus.migration is not None:
-                console.print(_numbers(obs, focus.migration))
+            console.print(
+                diagram(
+                    obs.log,
+                    window,
+                    result.migrations,
+                    result.network_changes,
+                    width=console.width,
+                )
+            )
+            if window.migration is not None:
+                console.print(_numbers(result.migrations[window.migration]))
         if len(result.migrations) > len(views):
             console.print(f"[dim]… and {len(result.migrations) - len(views)} more migrations.")
         console.print()
@@ -214,7 +231,7 @@ class Demo:
         for number, name in enumerate(names, len(TOPICS) + 1):
             entries[str(number)] = entries[name] = functools.partial(self.scenario, name)
         while True:
-            self.console.print(_menu_table(names))
+            self.console.print(_menu_table(names, self.console.width))
             choice = Prompt.ask("Pick a number or a scenario name ([bold]q[/bold] to quit)")
             choice = choice.strip()
             if not choice:
@@ -229,20 +246,34 @@ class Demo:
             self.pause("return to the menu")
 
 
-def _menu_table(names: list[str]) -> Table:
-    table = Table(show_header=False, box=None, padding=(0, 1))
-    table.add_column(justify="right", style="bold cyan")
-    table.add_column()
-    table.add_row("", "[bold]Topics")
-    for number, topic in enumerate(TOPICS, 1):
-        table.add_row(str(number), topic.title)
-    table.add_row("", "")
-    table.add_row("", "[bold]Scenarios, run in the simulator with real aioquic")
-    for number, name in enumerate(names, len(TOPICS) + 1):
-        told = STORIES.get(name)
-        table.add_row(str(number), f"{name} [dim]— {told.title if told else ''}[/dim]")
-    table.add_row("q", "quit")
-    return table
+def _menu_table(names: list[str], width: int = WIDTH) -> Group:
+    """Topics, then scenarios, numbered, in as many columns as `width` holds: the intro and
+    the whole menu fit a 24-line terminal at 80 columns."""
+    columns = 3 if width >= 120 else 2
+
+    def grid(items: list[tuple[str, str]]) -> Table:
+        table = Table.grid(padding=(0, 1))
+        for _ in range(columns):
+            table.add_column(justify="right", style="bold cyan", no_wrap=True)
+            table.add_column(ratio=1)
+        rows = -(-len(items) // columns)
+        for row in range(rows):
+            cells: list[str] = []
+            for column in range(columns):
+                index = column * rows + row
+                number, text = items[index] if index < len(items) else ("", "")
+                cells += [number, text]
+            table.add_row(*cells)
+        return table
+
+    topics = [(str(n), t.title) for n, t in enumerate(TOPICS, 1)]
+    scenarios = [(str(n), name) for n, name in enumerate(names, len(TOPICS) + 1)]
+    return Group(
+        Text.from_markup("[bold]Topics"),
+        grid(topics),
+        Text.from_markup("[bold]Scenarios[/bold] [dim](run in the simulator, real aioquic)"),
+        grid(scenarios),
+    )
 
 
 def _setup(scenario: Scenario) -> Text:
@@ -278,13 +309,14 @@ def _bytes(count: int) -> str:
     return f"{count / 1e3:.1f} kB" if count >= 1000 else f"{count} B"
 
 
-def _numbers(obs: Observation, mig: MigrationResult) -> Table:
-    """The measured numbers of one migration, from the Result and the recorded packets."""
+def _numbers(mig: MigrationResult) -> Table:
+    """The measured numbers of one migration, from the Result."""
     table = Table(show_header=False, box=None, padding=(0, 1), title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     change = (
-        f"{mig.network_change} at {mig.network_change_at:.4f} s"
+        f"{mig.network_change.value if mig.network_change else '?'} at "
+        f"{mig.network_change_at:.4f} s"
         if mig.network_change_at is not None
         else "none recorded"
     )
@@ -314,7 +346,7 @@ def _numbers(obs: Observation, mig: MigrationResult) -> Table:
         "new connection ID",
         f"client's DCID: {'yes' if mig.cid_changed else 'no'}; server's DCID: {server_cid}",
     )
-    sent, received = _before_validation(obs, mig)
+    sent, received = mig.sent_before_validation, mig.received_before_validation
     if received:
         table.add_row(
             "anti-amplification",
@@ -322,22 +354,6 @@ def _numbers(obs: Observation, mig: MigrationResult) -> Table:
             f"{sent / received:.2f}{TIMES} (limit 3{TIMES})",
         )
     return table
-
-
-def _before_validation(obs: Observation, mig: MigrationResult) -> tuple[int, int]:
-    """QUIC bytes sent to / received from the new address until PATH_RESPONSE arrived."""
-    until = mig.validated_at if mig.validated_at is not None else float("inf")
-    sent = received = 0
-    for record in obs.records:
-        if record.at >= until or record.packet.peer != mig.new_peer:
-            continue
-        if record.at < mig.detected_at:
-            continue
-        if record.inbound:
-            received += record.packet.length
-        else:
-            sent += record.packet.length
-    return sent, received
 
 
 def _outcome(result: Result, scenario: Scenario, width: int) -> Text:
@@ -352,7 +368,7 @@ def _outcome(result: Result, scenario: Scenario, width: int) -> Text:
         CheckState.PASSED: ("✓", "green"),
         CheckState.FAILED: ("✗", "red"),
         CheckState.UNSUPPORTED: ("?", "yellow"),
-        CheckState.NOT_APPLICABLE: ("-", "dim"),
+        CheckState.NOT_APPLICABLE: ("n/a", "dim"),
     }
     text.append("\nChecks:")
     column = len("Checks:")

@@ -271,7 +271,8 @@ class NamespaceLab(Movers):
         self.processes.insert(0, process)  # stopped last: it sees the whole run
         wait_for(
             lambda: (
-                any("Capturing on" in line for line in process.stderr)
+                # "Capturing on" comes before the device is open; "File:" after it is
+                any(line.startswith("File:") for line in process.stderr)
                 or process.popen.poll() is not None
             ),
             CAPTURE_START_TIMEOUT,

@@ -217,12 +217,16 @@ class LiveBackend:
         remote: Address | None = None,
         client: ClientOptions | None = None,
         log: Callable[[str], None] | None = None,
+        on_server: Callable[[LiveServer], None] | None = None,
     ) -> None:
+        """`on_server(server)` is called once the local server listens, before any client:
+        a way to watch more of it (a packet recorder for `--html`) without changing it."""
         self.network = network
         self.driver = LiveDriver(network)
         self.remote = remote
         self.client_options = client or ClientOptions()
         self.log = log or (lambda line: None)
+        self.on_server = on_server
 
     def unsupported_settings(self, scenario: Scenario) -> Sequence[Check]:
         checks = list(self.network.unsupported_settings(scenario))
@@ -259,6 +263,8 @@ class LiveBackend:
                 )
                 with netns.sockets_in(placement.server_netns):
                     await server.start()
+                if self.on_server is not None:
+                    self.on_server(server)
                 try:
                     target = await self.network.start(server.addresses[0])
                     return await self._session(

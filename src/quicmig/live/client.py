@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,17 @@ DEFAULT_IPV6_ADDRESSES = ("::1",)
 DEFAULT_TIMEOUT = 5.0  # seconds: handshake and each request
 DEFAULT_GAP = 0.2  # seconds without any socket (break-before-make) or with both (make-before)
 CRYPTO_ERRORS = range(0x100, 0x200)  # RFC 9001 section 4.8: TLS alerts as QUIC errors
+# aioquic's reason when the certificate is for other names: "hostname 'x' doesn't match
+# either of DNSPattern(pattern=b'localhost'), IPAddressPattern(pattern=IPv4Address('...'))"
+HOSTNAME_MISMATCH = re.compile(r"hostname '.*' doesn't match")
+CERT_NAME = re.compile(r"pattern=b'([^']+)'|Address\('([^']+)'\)")
+
+
+def certificate_names(reason: str) -> list[str] | None:
+    """The names a certificate holds, from aioquic's hostname-mismatch reason (else None)."""
+    if not HOSTNAME_MISMATCH.search(reason):
+        return None
+    return [dns or ip for dns, ip in CERT_NAME.findall(reason)]
 
 
 def default_addresses(server_host: str) -> tuple[str, ...]:
@@ -237,8 +249,9 @@ class LiveClient:
                     "beside its cert.pem on first start (or run `quicmig certs`); pass it with "
                     "--ca FILE, or skip verification with --insecure"
                 ) from exc
+        self.server_name = server_name or server[0]
         self._config = client_configuration(
-            ca_pem, secrets_log=secrets_log, server_name=server_name or server[0]
+            ca_pem, secrets_log=secrets_log, server_name=self.server_name
         )
         self._workload: RequestWorkload | None = None
         # Stock aioquic 1.7.2 drops the parameter; the extension reads it (aioquic_ext.py).
@@ -328,6 +341,14 @@ class LiveClient:
 
     def _handshake_error(self, closed: Closed) -> str:
         reason = closed.reason or f"error 0x{closed.error_code:x}"
+        names = certificate_names(reason)
+        if closed.error_code in CRYPTO_ERRORS and not self.insecure and names is not None:
+            # The CA is fine: the certificate is for other names (aioquic's hostname check).
+            return (
+                f"TLS handshake with {format_address(self.server)} failed: the server's "
+                f"certificate is not for {self.server_name!r}; it names {', '.join(names)}: "
+                "give one of them with --server-name (or leave it out)"
+            )
         if closed.error_code in CRYPTO_ERRORS and not self.insecure:
             return (
                 f"TLS handshake with {format_address(self.server)} failed ({reason}): the "

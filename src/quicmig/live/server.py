@@ -1,68 +1,85 @@
 """The live QUIC server: `ServerEndpoint` (the simulator's) on real asyncio UDP sockets.
 
 One `ServerEndpoint` per listening socket, driven exactly as the simulator drives it:
-`receive_datagram(data, addr, now)`, `handle_timer(now)`, `datagrams_to_send(now)`,
+`receive_datagram(data, addr, now)`, `handle_timer(now)`, `datagrams_to_send_from(now)`,
 `get_timer()`, with `now` = the event loop's clock in seconds since the server started. Each
 connection's `MigrationTracker` therefore sees what the kernel delivered: a migration is logged
 when authenticated non-probing packets arrive from a new source address or port.
 
 Applications by ALPN: "quicmig" (the message protocol of `core.app`, plus `MIGRATIONS`, which
-returns this connection's records as JSON) and "h3" (HTTP/3: `/`, `/migrations`, `/bytes/N`,
-`/fetch/N`).
+returns this connection's records as JSON) and "h3" (HTTP/3, `live.h3app`). The log lines
+come from `live.narration`. Closed connections are released and the newest `history` of
+them kept for `/migrations`; the totals stay exact.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import html
+import functools
 import ipaddress
 import json
+import socket
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import HeadersReceived
-from aioquic.quic import events as quic_events
+from aioquic.h3.connection import H3_ALPN
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
 from quicmig import __version__
 from quicmig.aioquic_ext import connection_class
-from quicmig.core.app import ServerApp, content
+from quicmig.core.app import ServerApp
 from quicmig.core.datagram import Address, format_address
-from quicmig.core.endpoint import ALPN, ServerConnection, ServerEndpoint
+from quicmig.core.endpoint import (
+    ALPN,
+    DEFAULT_HISTORY,
+    HalfOpenLimit,
+    ServerConnection,
+    ServerEndpoint,
+    ServerLimits,
+)
 from quicmig.core.tap import TapLogger
+from quicmig.core.tracker import MigrationTracker
 from quicmig.errors import QuicmigError
 from quicmig.live.certs import CertPaths, check_server_pair
+from quicmig.live.h3app import BYTES_SEED as BYTES_SEED  # re-exported: one definition
+from quicmig.live.h3app import MAX_BYTES as MAX_BYTES
+from quicmig.live.h3app import H3App
+from quicmig.live.narration import Narrator, Told
 from quicmig.live.records import connection_record
-from quicmig.live.udp import Timer, UdpSocket, open_socket
+from quicmig.live.udp import Timer, UdpSocket, bind_socket, open_socket, wrap_socket
 from quicmig.model.scenario import QuicExtensions, ServerSettings
-from quicmig.model.verdicts import MigrationKind
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4433
 MIGRATIONS_VERB = "MIGRATIONS"
-MAX_BYTES = 50_000_000  # bytes: the largest /bytes/N
-BYTES_SEED = 0  # /bytes/N serves content(N, BYTES_SEED)
+DEFAULT_MAX_HALF_OPEN = 1000  # connections: handshakes in progress per listening address
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds: a handshake not done by then is dropped
+RECOVERY_SAMPLES = 4096  # per connection: the figure needs far fewer (see MigrationTracker)
+# bytes: the listening socket's receive buffer. Many clients' datagrams queue there while the
+# server is busy; the default (about 200 kB) overflows and the kernel drops what does not fit,
+# which stalls migrating clients (a lost PATH_CHALLENGE on an amplification-limited path).
+RECEIVE_BUFFER = 16 << 20
+LIVE_LIMITS = ServerLimits(DEFAULT_HISTORY, DEFAULT_MAX_HALF_OPEN, DEFAULT_HANDSHAKE_TIMEOUT)
 
 Log = Callable[[str], None]
 
 
 @dataclass(slots=True)
 class LiveConnection:
-    """A connection as the live server reports it: a number, its ALPN, what was logged."""
+    """A connection as the live server reports it: a number, where it came in, what was told."""
 
     number: int
     listener: Listener
     server_conn: ServerConnection
-    alpn: str | None = None
-    logged_migrations: int = 0
-    logged_validations: set[int] = field(default_factory=set)
-    logged_rotations: int = 0
-    logged_server_moves: set[Address] = field(default_factory=set)
-    logged_closed: bool = False
+    told: Told = field(default_factory=Told)
+
+    @property
+    def alpn(self) -> str | None:
+        return self.server_conn.alpn
 
     def record(self, now: float) -> dict[str, Any]:
         return connection_record(self.number, self.alpn, self.listener.local, self.server_conn, now)
@@ -72,48 +89,59 @@ class Listener:
     """One UDP socket and the ServerEndpoint behind it, plus the socket of its preferred
     address (RFC 9000 section 9.6) if it advertises one: both reach the same connections."""
 
-    def __init__(self, server: LiveServer, endpoint: ServerEndpoint) -> None:
+    def __init__(
+        self,
+        server: LiveServer,
+        configuration: QuicConfiguration,
+        connection_class: type[QuicConnection],
+    ) -> None:
         self.server = server
-        self.endpoint = endpoint
+        self.endpoint = ServerEndpoint(
+            configuration,
+            functools.partial(server.make_app, self),
+            connection_class,
+            tracker_factory=functools.partial(MigrationTracker, RECOVERY_SAMPLES),
+            limits=server.limits,
+            retry=server.retry,
+        )
         self.socket: UdpSocket | None = None
         self.local: Address = ("", 0)
         self.preferred: UdpSocket | None = None
         self.timer = Timer(self._on_timer, server.now)
 
     async def open(self, local: Address) -> Address:
-        self.socket = await open_socket(local, self._on_datagram, "server")
+        self.socket = await open_socket(
+            local, self._on_datagram, "server", receive_buffer=RECEIVE_BUFFER
+        )
         self.local = self.socket.local
         return self.local
 
-    async def open_preferred(self, local: Address) -> Address:
-        """Bind the preferred address; datagrams there reach this listener's connections."""
-        self.preferred = await open_socket(local, self._on_preferred_datagram, "preferred address")
-        return self.preferred.local
-
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         self.endpoint.receive_datagram(data, addr, self.server.now())
-        self.service()
+        self.transmit()
 
-    def _on_preferred_datagram(self, data: bytes, addr: Address) -> None:
-        assert self.preferred is not None
-        self.endpoint.receive_datagram(data, addr, self.server.now(), self.preferred.local)
-        self.service()
+    def on_preferred_datagram(self, data: bytes, addr: Address) -> None:
+        if self.preferred is not None:
+            self.endpoint.receive_datagram(data, addr, self.server.now(), self.preferred.local)
+            self.transmit()
 
     def _on_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
-        self.service()
+        self.transmit()
 
-    def service(self) -> None:
-        """Send what the endpoint has, report what its trackers saw, re-arm the timer."""
-        now = self.server.now()
-        for data, addr, local in self.endpoint.datagrams_to_send_from(now):
+    def transmit(self) -> None:
+        """The one send loop: send what the endpoint has, tell what its trackers saw (only
+        for the connections just serviced), re-arm the timer (aioquic's `transmit()` shape)."""
+        endpoint = self.endpoint
+        for data, addr, local in endpoint.datagrams_to_send_from(self.server.now()):
             sock = self.socket if local is None else self.preferred
             if sock is not None:
                 sock.sendto(data, addr)
-        while self.endpoint.next_event() is not None:
-            pass
-        self.server.report(self)
-        self.timer.arm(self.endpoint.get_timer())
+        while (event := endpoint.next_event()) is not None:
+            if isinstance(event, HalfOpenLimit):
+                self.server.narrator.half_open_limit(self.local, event)
+        self.server.narrate(self, endpoint.serviced)
+        self.timer.arm(endpoint.get_timer())
 
     def close(self) -> None:
         self.timer.cancel()
@@ -136,24 +164,35 @@ class LiveServer:
         preferred_addresses: Sequence[Address] = (),
         disable_active_migration: bool = False,
         extensions: QuicExtensions | None = None,
+        limits: ServerLimits = LIVE_LIMITS,
+        retry: bool = False,
     ) -> None:
         """`preferred_addresses`: at most one per address family, each advertised by the
         first listen address of its family (RFC 9000 section 9.6); port 0 binds any port.
         `disable_active_migration`: send that transport parameter (section 18.2).
-        `extensions`: quicmig's server-side changes to aioquic (all off: stock aioquic)."""
+        `extensions`: quicmig's server-side changes to aioquic (all off: stock aioquic).
+        `limits`: closed connections kept, handshakes in progress, handshake timeout (per
+        listening address). `retry`: validate every client address with a Retry first
+        (section 8.1.2), against floods of Initials from spoofed sources."""
         if not listen:
             raise ValueError("listen on at least one address")
         self.preferred_addresses = list(preferred_addresses)
         self.disable_active_migration = disable_active_migration
         self.extensions = extensions or QuicExtensions()
+        self.limits = limits
+        self.retry = retry
         self.certs = certs
         self.listen = list(listen)
         self.qlog_dir = qlog_dir
         self.secrets_log = secrets_log
         self.log = log
+        self.narrator = Narrator(log)
         self.listeners: list[Listener] = []
-        self.connections: list[LiveConnection] = []
-        self._by_server_conn: dict[int, LiveConnection] = {}
+        self._numbers = 0  # connections numbered so far
+        self._kept: dict[int, LiveConnection] = {}  # number -> open or recently closed
+        self._by_conn: dict[int, LiveConnection] = {}  # id(ServerConnection) -> its record
+        self._closed: deque[int] = deque()  # numbers of kept closed connections, oldest first
+        self.dropped = {"connections": 0, "migrations": 0, "cid_rotations": 0}
         self._logger = TapLogger(keep=qlog_dir is not None)
         self._secrets: TextIO | None = None
         self._t0 = 0.0
@@ -172,10 +211,19 @@ class LiveServer:
         """The preferred addresses as bound (real ports for port 0)."""
         return [item.preferred.local for item in self.listeners if item.preferred is not None]
 
+    @property
+    def connections(self) -> list[LiveConnection]:
+        """The open connections and the newest closed ones (`limits.history`), in order."""
+        return list(self._kept.values())
+
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> list[Address]:
-        """Bind every listen address; returns the bound addresses (real ports for port 0)."""
+        """Bind every listen address; returns the bound addresses (real ports for port 0).
+
+        Everything a connection needs (its class: extensions, preferred address,
+        disable_active_migration) exists before the socket that can accept it opens.
+        """
         check_server_pair(self.certs)
         self._t0 = asyncio.get_running_loop().time()
         if self.secrets_log is not None:
@@ -192,34 +240,40 @@ class LiveServer:
         configuration.load_cert_chain(self.certs.cert, self.certs.key)
         self._started = True
         try:
+            # Each preferred address is advertised by the first listen address of its family.
+            unclaimed = {ipaddress.ip_address(p[0]).version: p for p in self.preferred_addresses}
             for local in self.listen:
-                listener = Listener(self, ServerEndpoint(configuration, self._make_app))
-                self.listeners.append(listener)
-                await listener.open(local)
-            for listener in self.listeners:
-                preferred = None
-                family = ipaddress.ip_address(listener.local[0]).version
-                wanted = [
-                    p
-                    for p in self.preferred_addresses
-                    if ipaddress.ip_address(p[0]).version == family
-                ]
-                first_of_family = next(
-                    item
-                    for item in self.listeners
-                    if ipaddress.ip_address(item.local[0]).version == family
-                )
-                if wanted and first_of_family is listener:
-                    preferred = await listener.open_preferred(wanted[0])
-                # aioquic 1.7.2's server sends neither parameter: quicmig's connection does.
-                listener.endpoint.connection_class = connection_class(
-                    self.extensions,
-                    ServerSettings(preferred, self.disable_active_migration),
-                )
+                preferred = unclaimed.pop(ipaddress.ip_address(local[0]).version, None)
+                await self._open_listener(configuration, local, preferred)
         except BaseException:
             await self.aclose()
             raise
         return self.addresses
+
+    async def _open_listener(
+        self, configuration: QuicConfiguration, local: Address, preferred: Address | None
+    ) -> None:
+        # The preferred socket is bound first (no client knows it yet): its real port goes
+        # into the transport parameters of the class the endpoint is built with.
+        bound = (
+            bind_socket(preferred, "preferred address", receive_buffer=RECEIVE_BUFFER)
+            if preferred is not None
+            else None
+        )
+        try:
+            settings = ServerSettings(
+                None if bound is None else _sockname(bound), self.disable_active_migration
+            )
+            # aioquic 1.7.2's server sends neither parameter: quicmig's connection does.
+            listener = Listener(self, configuration, connection_class(self.extensions, settings))
+        except BaseException:
+            if bound is not None:
+                bound.close()
+            raise
+        self.listeners.append(listener)
+        if bound is not None:
+            listener.preferred = await wrap_socket(bound, listener.on_preferred_datagram)
+        await listener.open(local)
 
     async def aclose(self) -> None:
         """Close every connection (CONNECTION_CLOSE goes out), the sockets, and the files."""
@@ -227,10 +281,8 @@ class LiveServer:
             return
         self._started = False
         for listener in self.listeners:
-            for server_conn in listener.endpoint.connections:
-                if server_conn.closed is None:
-                    server_conn.conn.close(reason_phrase="server shutting down")
-            listener.service()
+            listener.endpoint.close_all("server shutting down")
+            listener.transmit()
         for listener in self.listeners:
             listener.close()
         if self.qlog_dir is not None:
@@ -257,252 +309,107 @@ class LiveServer:
 
     # --- applications -------------------------------------------------------------------
 
-    def _make_app(self, server_conn: ServerConnection, alpn: str | None) -> ServerApp:
-        live = self.connection_of(server_conn)
-        live.alpn = alpn
-        peer = server_conn.tracker.peer
-        self.log(
-            f"🔗 conn #{live.number}: handshake done with "
-            f"{format_address(peer) if peer else '?'} (ALPN {alpn})"
-        )
+    def make_app(
+        self, listener: Listener, server_conn: ServerConnection, alpn: str | None
+    ) -> ServerApp:
+        """The endpoint's app factory: HTTP/3 or the message protocol, by ALPN."""
         if alpn in H3_ALPN:
             return H3App(server_conn, self)
-        app = ServerApp(server_conn.conn)
-        app.on_request = lambda line: self._extra_verb(live, line)
+        conn = server_conn.conn
+        assert isinstance(conn, QuicConnection)
+        app = ServerApp(conn)
+        app.on_request = lambda line: self._extra_verb(listener, server_conn, line)
         return app
 
-    def _extra_verb(self, live: LiveConnection, line: str) -> bytes | None:
+    def _extra_verb(
+        self, listener: Listener, server_conn: ServerConnection, line: str
+    ) -> bytes | None:
         if line.split()[:1] == [MIGRATIONS_VERB]:
-            return json.dumps(live.record(self.now())).encode()
+            return json.dumps(self._live(listener, server_conn).record(self.now())).encode()
         return None
 
-    def connection_of(self, server_conn: ServerConnection) -> LiveConnection:
-        live = self._by_server_conn.get(id(server_conn))
+    def _live(self, listener: Listener, server_conn: ServerConnection) -> LiveConnection:
+        live = self._by_conn.get(id(server_conn))
         if live is None:
-            listener = next(
-                item for item in self.listeners if server_conn in item.endpoint.connections
-            )
-            live = LiveConnection(len(self.connections) + 1, listener, server_conn)
-            self.connections.append(live)
-            self._by_server_conn[id(server_conn)] = live
+            self._numbers += 1
+            live = LiveConnection(self._numbers, listener, server_conn)
+            self._kept[live.number] = live
+            self._by_conn[id(server_conn)] = live
         return live
 
+    def number_of(self, server_conn: ServerConnection) -> int | None:
+        live = self._by_conn.get(id(server_conn))
+        return None if live is None else live.number
+
+    # --- records ------------------------------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        """Counts since the start, exact whatever the history kept."""
+        kept = self._kept.values()
+        stats = [listener.endpoint.stats for listener in self.listeners]
+        return {
+            "connections": self._numbers,
+            "open": sum(live.server_conn.closed is None for live in kept),
+            "migrations": self.dropped["migrations"]
+            + sum(len(live.server_conn.tracker.migrations) for live in kept),
+            "cid_rotations": self.dropped["cid_rotations"]
+            + sum(len(live.server_conn.tracker.cid_rotations) for live in kept),
+            "records_dropped": self.dropped["connections"],
+            "half_open": sum(s.half_open for s in stats),
+            "refused_half_open": sum(s.refused_half_open for s in stats),
+            "handshake_timeouts": sum(s.handshake_timeouts for s in stats),
+            "retries": sum(s.retries for s in stats),
+            "bad_tokens": sum(s.bad_tokens for s in stats),
+            "version_negotiations": sum(s.version_negotiations for s in stats),
+            "unroutable": sum(s.unroutable for s in stats),
+        }
+
     def records(self) -> dict[str, Any]:
-        """Every connection's records (the body of HTTP/3 `/migrations`)."""
+        """Every kept connection's records (the body of HTTP/3 `/migrations`)."""
         now = self.now()
+        totals = self.totals()
         return {
             "server": {
                 "version": __version__,
                 "listening": [format_address(a) for a in self.addresses],
                 "uptime": now,
+                "history": self.limits.history,
             },
-            "connections": [live.record(now) for live in self.connections],
+            "totals": totals,
+            "dropped": {
+                **self.dropped,
+                "note": f"records of {totals['records_dropped']} older closed connections were "
+                f"dropped (the newest {self.limits.history} are kept); the totals count them",
+            },
+            "connections": [live.record(now) for live in self._kept.values()],
         }
 
     # --- live log -----------------------------------------------------------------------
 
-    def report(self, listener: Listener) -> None:
-        """Log what the trackers observed since the last call: migrations, validations."""
-        for server_conn in listener.endpoint.connections:
-            live = self.connection_of(server_conn)
-            if live.logged_closed:
+    def narrate(self, listener: Listener, serviced: list[ServerConnection]) -> None:
+        """Log what the trackers of the connections just serviced observed; retire closed
+        ones into the bounded history."""
+        for server_conn in serviced:
+            live = self._live(listener, server_conn)
+            if live.told.closed:
                 continue
-            self._report_connection(live)
+            self.narrator.tell(f"conn #{live.number}", server_conn, live.told)
+            if live.told.closed:
+                self._retire(live)
 
-    def _report_connection(self, live: LiveConnection) -> None:
-        tracker = live.server_conn.tracker
-        name = f"conn #{live.number}"
-        for index in range(live.logged_migrations, len(tracker.migrations)):
-            mig = tracker.migrations[index]
-            what = (
-                "port change (same address: a NAT rebinding or a new socket)"
-                if mig.kind is MigrationKind.PORT_CHANGE
-                else "address change"
-            )
-            cid = "new connection ID" if mig.cid_changed else "same connection ID"
-            self.log(
-                f"🔀 {name} migration {index + 1}: {format_address(mig.old_peer)} → "
-                f"{format_address(mig.new_peer)}, {what}, {cid}"
-            )
-        live.logged_migrations = len(tracker.migrations)
-        for index, mig in enumerate(tracker.migrations):
-            rtt = mig.validation_rtt
-            if index in live.logged_validations or rtt is None:
-                continue
-            live.logged_validations.add(index)
-            self.log(
-                f"✅ {name} migration {index + 1}: path {format_address(mig.new_peer)} validated, "
-                f"PATH_CHALLENGE → PATH_RESPONSE in {rtt * 1e3:.2f} ms "
-                f"({_count(len(tracker.migrations), 'migration')} on this connection)"
-            )
-        for local, use in tracker.server_addresses.items():
-            if use.moved_at is None or local in live.logged_server_moves:
-                continue
-            live.logged_server_moves.add(local)
-            self.log(
-                f"🏠 {name}: the client moved to the preferred address {format_address(local)}; "
-                f"its first packet there used "
-                + ("a new connection ID" if use.first_dcid_new else "an old connection ID (!)")
-            )
-        for rotation in tracker.cid_rotations[live.logged_rotations :]:
-            self.log(
-                f"🆔 {name}: the client switched to a new connection ID on the same path "
-                f"({format_address(rotation.peer)})"
-            )
-        live.logged_rotations = len(tracker.cid_rotations)
-        closed = live.server_conn.closed
-        if closed is not None:
-            live.logged_closed = True
-            reason = f": {closed.reason}" if closed.reason else ""
-            if live.alpn is None:
-                first = tracker.peers_seen[0] if tracker.peers_seen else None
-                self.log(
-                    f"❌ {name} from {format_address(first) if first else '?'}: closed before "
-                    f"the handshake completed{reason}"
-                )
-                return
-            self.log(
-                f"👋 {name} closed{reason} ({_count(len(tracker.migrations), 'migration')}, "
-                f"{_count(len(tracker.cid_rotations), 'CID rotation')}, "
-                f"{_count(len(tracker.peers_seen), 'client address', 'es')} seen)"
-            )
+    def _retire(self, live: LiveConnection) -> None:
+        self._closed.append(live.number)
+        while len(self._closed) > self.limits.history:
+            old = self._kept.pop(self._closed.popleft())
+            del self._by_conn[id(old.server_conn)]
+            tracker = old.server_conn.tracker
+            self.dropped["connections"] += 1
+            self.dropped["migrations"] += len(tracker.migrations)
+            self.dropped["cid_rotations"] += len(tracker.cid_rotations)
+            if self.dropped["connections"] == 1:
+                self.narrator.history_full(self.limits.history)
 
 
-def _count(count: int, noun: str, plural: str = "s") -> str:
-    return f"{count} {noun}{'' if count == 1 else plural}"
-
-
-class H3App(ServerApp):
-    """HTTP/3 on one server connection: `/`, `/migrations`, `/bytes/N`, `/fetch/N` (GET only)."""
-
-    def __init__(self, server_conn: ServerConnection, server: LiveServer) -> None:
-        super().__init__(server_conn.conn)
-        self._server = server
-        self._server_conn = server_conn
-        self._h3 = H3Connection(server_conn.conn)
-
-    def stream_data(self, stream_id: int, data: bytes, end_stream: bool, now: float) -> None:
-        event = quic_events.StreamDataReceived(
-            data=data, end_stream=end_stream, stream_id=stream_id
-        )
-        for h3_event in self._h3.handle_event(event):
-            if isinstance(h3_event, HeadersReceived):
-                self._respond(h3_event)
-
-    def _respond(self, event: HeadersReceived) -> None:
-        headers = dict(event.headers)
-        method = headers.get(b":method", b"").decode()
-        path = headers.get(b":path", b"/").decode().split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            status, kind, body = 405, "text/plain", b"only GET\n"
-        elif path == "/":
-            status, kind, body = 200, "text/html; charset=utf-8", self._status_page()
-        elif path == "/migrations":
-            records = self._server.records()
-            records["requested_by"] = self._server.connection_of(self._server_conn).number
-            status, kind, body = 200, "application/json", json.dumps(records, indent=2).encode()
-        elif path.startswith("/bytes/"):
-            status, kind, body = self._bytes(path.removeprefix("/bytes/"))
-        elif path.startswith("/fetch/"):
-            status, kind, body = _fetch_page(path.removeprefix("/fetch/"))
-        else:
-            status, kind = 404, "text/plain"
-            body = b"not found: try /, /migrations, /bytes/N, /fetch/N\n"
-        self._h3.send_headers(
-            event.stream_id,
-            [
-                (b":status", str(status).encode()),
-                (b"server", f"quicmig/{__version__}".encode()),
-                (b"content-type", kind.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        )
-        self._h3.send_data(event.stream_id, b"" if method == "HEAD" else body, end_stream=True)
-
-    @staticmethod
-    def _bytes(count: str) -> tuple[int, str, bytes]:
-        if not count.isdigit() or int(count) > MAX_BYTES:
-            return 400, "text/plain", f"/bytes/N needs 0 <= N <= {MAX_BYTES}\n".encode()
-        return 200, "application/octet-stream", content(int(count), BYTES_SEED)
-
-    def _status_page(self) -> bytes:
-        now = self._server.now()
-        rows = []
-        for live in self._server.connections:
-            tracker = live.server_conn.tracker
-            validated = sum(m.validated_at is not None for m in tracker.migrations)
-            peer = format_address(tracker.peer) if tracker.peer else "-"
-            rows.append(
-                f"<tr><td>{live.number}</td><td>{html.escape(str(live.alpn))}</td>"
-                f"<td>{html.escape(peer)}</td><td>{len(tracker.migrations)} "
-                f"({validated} validated)</td><td>{len(tracker.cid_rotations)}</td>"
-                f"<td>{'closed' if live.server_conn.closed else 'open'}</td></tr>"
-            )
-        listening = ", ".join(format_address(a) for a in self._server.addresses)
-        page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>quicmig live server</title></head>
-<body>
-<h1>quicmig live server</h1>
-<p>Listening on {html.escape(listening)}, up {now:.0f} s. This page came over HTTP/3.
-Connection migration is supported: move your client and watch <a href="/migrations">/migrations</a>.
-</p>
-<table border="1" cellpadding="4">
-<tr><th>#</th><th>ALPN</th><th>client address</th><th>migrations</th><th>CID rotations</th>
-<th>state</th></tr>
-{"".join(rows)}
-</table>
-<p><a href="/migrations">/migrations</a> (JSON) · <a href="/bytes/1000000">/bytes/1000000</a>
-· <a href="/fetch/10000000">/fetch/10000000</a> (your browser downloads 10 MB and checks it)</p>
-</body></html>
-"""
-        return page.encode()
-
-
-# The page of `/fetch/N`: its script downloads /bytes/N with fetch(), hashes the body with
-# WebCrypto, then fetches /migrations, and writes all of it as JSON into <pre id="result">. The
-# promise `window.quicmigFetch` resolves to the same object (for the DevTools protocol).
-_FETCH_SCRIPT = """
-window.quicmigFetch = (async () => {
-  const url = "/bytes/" + COUNT;
-  const out = {url: url, expected_sha256: EXPECTED, status: null, bytes: null, sha256: null,
-               ms: null, protocol: null, migrations: null, error: null};
-  try {
-    const t0 = performance.now();
-    const response = await fetch(url, {cache: "no-store"});
-    const body = await response.arrayBuffer();
-    out.ms = performance.now() - t0;
-    out.status = response.status;
-    out.bytes = body.byteLength;
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", body));
-    out.sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-    const entry = performance.getEntriesByName(new URL(url, location.href).href).pop();
-    out.protocol = entry ? entry.nextHopProtocol : null;
-    out.migrations = await (await fetch("/migrations", {cache: "no-store"})).json();
-  } catch (error) {
-    out.error = String(error);
-  }
-  document.getElementById("verdict").textContent = out.error ? "error: " + out.error
-    : out.sha256 === out.expected_sha256 ? "body intact (SHA-256 matches)" : "BODY DIFFERS";
-  document.getElementById("result").textContent = JSON.stringify(out);
-  return out;
-})();
-"""
-
-
-def _fetch_page(count: str) -> tuple[int, str, bytes]:
-    """`/fetch/N`: an HTML page whose script GETs /bytes/N, then /migrations (see above)."""
-    if not count.isdigit() or int(count) > MAX_BYTES:
-        return 400, "text/plain", f"/fetch/N needs 0 <= N <= {MAX_BYTES}\n".encode()
-    size = int(count)
-    expected = hashlib.sha256(content(size, BYTES_SEED)).hexdigest()
-    script = _FETCH_SCRIPT.replace("COUNT", str(size)).replace("EXPECTED", json.dumps(expected))
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>quicmig: fetching {size} bytes</title></head>
-<body>
-<h1>quicmig: this browser downloads /bytes/{size}</h1>
-<p id="verdict">fetching…</p>
-<pre id="result"></pre>
-<script>{script}</script>
-</body></html>
-"""
-    return 200, "text/html; charset=utf-8", page.encode()
+def _sockname(sock: socket.socket) -> Address:
+    name = sock.getsockname()
+    return (str(name[0]), int(name[1]))

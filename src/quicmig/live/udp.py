@@ -8,6 +8,7 @@ fix (port in use, address not configured) becomes a QuicmigError saying how. Ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -66,11 +67,29 @@ PORT_FIX = "choose another port (--port, or the port in --listen)"
 
 
 async def open_socket(
-    local: Address, on_datagram: DatagramHandler, role: str, fix: str = PORT_FIX
+    local: Address,
+    on_datagram: DatagramHandler,
+    role: str,
+    fix: str = PORT_FIX,
+    receive_buffer: int | None = None,
 ) -> UdpSocket:
     """Bind a UDP socket to `local` (port 0: any free port). `role` names it in errors, and
-    `fix` says how to choose another port (the option of the command that binds it)."""
-    loop = asyncio.get_running_loop()
+    `fix` says how to choose another port (the option of the command that binds it).
+    `receive_buffer`: ask the kernel for this many bytes of receive buffer (see bind_socket)."""
+    return await wrap_socket(bind_socket(local, role, fix, receive_buffer), on_datagram)
+
+
+def bind_socket(
+    local: Address, role: str, fix: str = PORT_FIX, receive_buffer: int | None = None
+) -> socket.socket:
+    """A non-blocking UDP socket bound to `local` now (its port is known before anything can
+    arrive on it: wrap it with wrap_socket() once its handler is ready).
+
+    `receive_buffer` (bytes) is a wish: Linux caps it at net.core.rmem_max, unless the process
+    may exceed that (CAP_NET_ADMIN: SO_RCVBUFFORCE), as quic-go does. A server with many
+    clients wants more than the default (about 200 kB): while the process is busy, datagrams
+    queue there, and whatever does not fit is dropped by the kernel before QUIC sees it.
+    """
     host = local[0]
     try:
         family = family_of(host)
@@ -78,17 +97,41 @@ async def open_socket(
         raise QuicmigError(f"{host!r} is not an IP address ({role})") from exc
     namespace = netns.current()
     try:
-        if namespace is None:
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: UdpSocket(on_datagram), local_addr=local, family=family
-            )
-        else:  # inside the namespace lab (quicmig.live.netns)
-            sock = netns.bound_socket(namespace, family, local)
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: UdpSocket(on_datagram), sock=sock
-            )
+        if namespace is not None:  # inside the namespace lab (quicmig.live.netns)
+            return netns.bound_socket(namespace, family, local)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if receive_buffer is not None:
+                _grow_receive_buffer(sock, receive_buffer)
+            sock.bind(local)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     except OSError as exc:
         raise QuicmigError(bind_error(local, exc, role, fix)) from exc
+
+
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; Python's socket module lacks it
+
+
+def _grow_receive_buffer(sock: socket.socket, size: int) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    # Linux reports twice what was granted (the rest is its bookkeeping).
+    if sys.platform == "linux" and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
+        with contextlib.suppress(OSError):  # EPERM without CAP_NET_ADMIN: keep what we got
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+
+
+async def wrap_socket(sock: socket.socket, on_datagram: DatagramHandler) -> UdpSocket:
+    """Hand a bound socket to the event loop: from now on `on_datagram` gets its datagrams."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, protocol = await loop.create_datagram_endpoint(lambda: UdpSocket(on_datagram), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     if protocol.transport is None:  # connection_made() runs soon after creation
         await asyncio.sleep(0)
     return protocol

@@ -143,9 +143,15 @@ def apply_overrides(tree: Tree, overrides: Iterable[str]) -> Tree:
 
 
 def _index(node: list[Any], part: str, key: str, item: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise InputError(f"--set {item!r}: {key} needs an index below {len(node)}")
-    return int(part)
+    if part.isdigit() and int(part) < len(node):
+        return int(part)
+    where = key.rpartition(".")[0] or key
+    count = len(node)
+    if count == 0:
+        raise InputError(f"--set {item!r}: {where} is empty: there is no entry {part} to set")
+    held = f"{where} has {count} entr{'y' if count == 1 else 'ies'}"
+    allowed = "index 0" if count == 1 else f"an index from 0 to {count - 1}"
+    raise InputError(f"--set {item!r}: {held}; use {allowed} (not {part})")
 
 
 def _child(node: Any, part: str, key: str, item: str) -> Any:

@@ -25,7 +25,7 @@ from quicmig.model.events import (
     event_kind,
 )
 from quicmig.model.topology import PROFILES
-from quicmig.proxy.core import profile_named
+from quicmig.proxy.core import Proxy, profile_named
 from quicmig.proxy.driver import ProxyDriver
 
 DEFAULT_CONTROL: Address = ("127.0.0.1", 4439)
@@ -114,18 +114,7 @@ class ControlServer:
         if proxy is None:
             raise QuicmigError("the proxy is still starting; try again")
         if words == ["status"]:
-            stats = proxy.stats
-            clients = ", ".join(
-                f"{format_address(s.client)} via "
-                f"{format_address(s.socket.local) if s.socket else '-'}"
-                for s in proxy.sessions.values()
-            )
-            return (
-                f"profile {proxy.profile_name}; {len(proxy.events)} events; clients: "
-                f"{clients or 'none'}; datagrams from client {stats.from_client}, "
-                f"to upstream {stats.to_upstream}, from upstream {stats.from_upstream}, "
-                f"to client {stats.to_client}, blackholed {stats.blackholed}"
-            )
+            return status_line(proxy)
         event = request_event(words, self.driver.link, len(proxy.config.source_addresses) > 1)
         change = await self.driver.apply(event, proxy.now())
         return change.detail
@@ -137,6 +126,31 @@ class ControlServer:
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+
+
+STATUS_CLIENTS = 8  # sessions named in `status`; the rest are counted (one datagram answers)
+
+
+def status_line(proxy: Proxy) -> str:
+    """The answer to `status`: profile, session table, counters."""
+    stats = proxy.stats
+    sessions = list(proxy.sessions.values())
+    named = ", ".join(
+        f"{format_address(s.client)} via {format_address(s.socket.local) if s.socket else '-'}"
+        for s in sessions[-STATUS_CLIENTS:][::-1]  # the most recently active first
+    )
+    more = len(sessions) - STATUS_CLIENTS
+    if more > 0:
+        named += f" and {more} more"
+    return (
+        f"profile {proxy.profile_name}; {len(proxy.events)} events; sessions "
+        f"{len(sessions)}/{proxy.capacity} (idle timeout {proxy.config.session_timeout:g} s; "
+        f"opened {stats.sessions_opened}, expired {stats.sessions_expired}, evicted "
+        f"{stats.sessions_evicted}, refused {stats.refused}); clients: {named or 'none'}; "
+        f"datagrams from client {stats.from_client}, to upstream {stats.to_upstream}, from "
+        f"upstream {stats.from_upstream}, to client {stats.to_client}, blackholed "
+        f"{stats.blackholed}"
+    )
 
 
 def send_request(control: Address, line: str, timeout: float = CTL_TIMEOUT) -> str:

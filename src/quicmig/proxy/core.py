@@ -12,13 +12,23 @@ seconds since the proxy started. A blackhole drops everything in both directions
 
 The proxy only does what it is told, when it is told (`rebind()`, `set_profile()`,
 `blackhole()`): schedules are timelines, applied by its driver (quicmig.proxy.driver).
+
+The mappings behave like a NAT's (RFC 4787): one expires after `session_timeout` seconds
+without traffic either way, and the table holds at most `max_sessions`, fewer if the open-file
+limit leaves less room (one socket each). A new source meeting a full table takes the place
+of the mapping idle longest if that one has been idle for EVICT_IDLE; otherwise the source is
+refused, its datagram dropped, counted and logged. The proxy never exits over it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import os
+import resource
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +49,16 @@ from quicmig.sim.link import Pipe
 
 Log = Callable[[str], None]
 DEFAULT_UPSTREAM_TIMEOUT = 5.0  # seconds without any answer from the upstream: give up
+# seconds: Linux conntrack's UDP timeout once traffic went both ways (udp_timeout_stream), and
+# RFC 4787 REQ-5's two minutes
+DEFAULT_SESSION_TIMEOUT = 120.0
+DEFAULT_MAX_SESSIONS = 4096  # mappings, each one UDP socket
+EVICT_IDLE = 1.0  # seconds: a full table gives up a mapping idle at least this long
+RESERVED_FDS = 32  # files kept free of sessions (listener, control, pcap, stdio, the loop)
+# Errors that mean "no socket for now" (the process or system is out of files or buffers):
+# the source is refused, the proxy goes on.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+LOG_BURST = 20  # lines of one kind per second; the rest are counted and summed up
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +72,8 @@ class ProxyConfig:
     pcap: Path | None = None
     seed: int = 1
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT  # seconds idle before a mapping expires
+    max_sessions: int = DEFAULT_MAX_SESSIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +96,10 @@ class ProxyStats:
     to_client: int = 0
     blackholed: int = 0
     late: int = 0  # answers to a closed mapping (after a rebinding): dropped
+    sessions_opened: int = 0
+    sessions_expired: int = 0  # idle for session_timeout
+    sessions_evicted: int = 0  # gave their place to a new source in a full table
+    refused: int = 0  # datagrams of new sources dropped: table full, or no socket to be had
 
 
 def is_loopback(host: str) -> bool:
@@ -96,15 +122,24 @@ class UpstreamSocket(UdpSocket):
             self.transport.sendto(data)
 
 
+class SessionSocketError(QuicmigError):
+    """A session's socket could not be opened; `errno` says why."""
+
+    def __init__(self, message: str, number: int | None) -> None:
+        super().__init__(message)
+        self.errno = number
+
+
 class Session:
     """One client's mapping: its address and the socket that speaks for it upstream."""
 
-    def __init__(self, proxy: Proxy, client: Address, source_index: int) -> None:
+    def __init__(self, proxy: Proxy, client: Address, source_index: int, now: float) -> None:
         self.proxy = proxy
         self.client = client
         self.source_index = source_index
         self.socket: UpstreamSocket | None = None
         self.answered = False
+        self.last_active = now  # seconds: the newest datagram either way
 
     async def open(self) -> Address:
         """A new connected UDP socket towards the upstream (connected: ICMP errors come back)."""
@@ -118,7 +153,8 @@ class Session:
                 family=family_of(host),
             )
         except OSError as exc:
-            raise QuicmigError(bind_error((host, 0), exc, "proxy, towards the upstream")) from None
+            message = bind_error((host, 0), exc, "proxy, towards the upstream")
+            raise SessionSocketError(message, exc.errno) from None
         self.socket = sock
         return sock.local
 
@@ -126,6 +162,40 @@ class Session:
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+
+
+def session_capacity(max_sessions: int) -> int:
+    """`max_sessions`, or fewer: what the open-file limit leaves after the files open now and
+    RESERVED_FDS."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_sessions
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc (macOS): assume a handful
+        in_use = 16
+    return max(0, min(max_sessions, soft - in_use - RESERVED_FDS))
+
+
+class LogBudget:
+    """At most LOG_BURST lines of each kind per second; the others are counted and the count
+    is logged with the next line of that kind that gets through."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self._windows: dict[str, tuple[int, int, int]] = {}  # kind -> (second, lines, held)
+
+    def line(self, kind: str, now: float, text: str) -> None:
+        second, lines, held = self._windows.get(kind, (-1, 0, 0))
+        if int(now) != second:
+            second, lines = int(now), 0
+        if lines >= LOG_BURST:
+            self._windows[kind] = (second, lines, held + 1)
+            return
+        if held:
+            text += f" (and {held} more like it not shown)"
+        self._windows[kind] = (second, lines + 1, 0)
+        self.log(text)
 
 
 class Proxy:
@@ -136,7 +206,12 @@ class Proxy:
         self.log = log
         self.events: list[ProxyEvent] = []
         self.stats = ProxyStats()
-        self.sessions: dict[Address, Session] = {}
+        # Oldest activity first: the head is the mapping idle longest.
+        self.sessions: OrderedDict[Address, Session] = OrderedDict()
+        self.capacity = 0  # sessions the table may hold (start(): max_sessions and fd limit)
+        self._expiry: Timer | None = None
+        self._opening: set[asyncio.Task[None]] = set()
+        self._log_budget = LogBudget(log)
         self.profile_name = config.profile_name
         self.up = Pipe("client->upstream", config.profile, link_rng(config.seed, config.link, "up"))
         self.down = Pipe(
@@ -173,6 +248,7 @@ class Proxy:
         self._failed = loop.create_future()
         self._up_timer = Timer(lambda now: self._deliver(self.up, now), self.now)
         self._down_timer = Timer(lambda now: self._deliver(self.down, now), self.now)
+        self._expiry = Timer(self._expire, self.now)
         try:
             self.listener = await open_socket(
                 self.config.listen,
@@ -180,6 +256,13 @@ class Proxy:
                 "proxy, listening",
                 "choose another port in --listen",
             )
+            self.capacity = session_capacity(self.config.max_sessions)
+            if self.capacity < 1:
+                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                raise QuicmigError(
+                    f"the open-file limit ({soft}) leaves no room for a session socket: "
+                    "raise it (ulimit -n)"
+                )
             # The pcap last: a startup failure leaves no empty capture behind.
             if self.config.pcap is not None:
                 try:
@@ -195,10 +278,11 @@ class Proxy:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._opening]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for timer in (self._up_timer, self._down_timer):
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for timer in (self._up_timer, self._down_timer, self._expiry):
             if timer is not None:
                 timer.cancel()
         for session in self.sessions.values():
@@ -317,24 +401,98 @@ class Proxy:
     def _from_client(self, data: bytes, addr: Address) -> None:
         self.stats.from_client += 1
         self._write(addr, self.local, data)
+        now = self.now()
         session = self.sessions.get(addr)
         if session is None:
-            session = Session(self, addr, self._next_source)
-            self.sessions[addr] = session
-            self._tasks.append(asyncio.ensure_future(self._open_then_send(session, data)))
+            session = self._new_session(addr, now)
+            if session is None:
+                return
+            task = asyncio.ensure_future(self._open_then_send(session, data))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
             return
+        self._touch(session, now)
         self._into(self.up, Datagram(addr, self.config.upstream, data), self._up_timer)
+
+    def _touch(self, session: Session, now: float) -> None:
+        session.last_active = now
+        self.sessions.move_to_end(session.client)
+
+    def _new_session(self, addr: Address, now: float) -> Session | None:
+        """A mapping for a new source, in a full table in place of the one idle longest (if
+        idle EVICT_IDLE); None: refused."""
+        if len(self.sessions) >= self.capacity:
+            oldest = next(iter(self.sessions.values()))
+            if now - oldest.last_active < EVICT_IDLE:
+                self._refuse(addr, now, f"the table is full ({self.capacity} sessions, all active)")
+                return None
+            self._drop(oldest)
+            self.stats.sessions_evicted += 1
+            self._log_budget.line(
+                "evict",
+                now,
+                f"[{now:8.3f} s] session table full ({self.capacity}): "
+                f"{format_address(oldest.client)}, idle {now - oldest.last_active:.1f} s, "
+                f"makes room for {format_address(addr)}",
+            )
+        session = Session(self, addr, self._next_source, now)
+        self.sessions[addr] = session
+        self.stats.sessions_opened += 1
+        if self._expiry is not None and len(self.sessions) == 1:
+            self._expiry.arm(now + self.config.session_timeout)
+        return session
+
+    def _refuse(self, addr: Address, now: float, why: str) -> None:
+        self.stats.refused += 1
+        self._log_budget.line(
+            "refuse",
+            now,
+            f"[{now:8.3f} s] ⛔ new source {format_address(addr)} refused: {why}; its datagram "
+            f"is dropped ({self.stats.refused} refused so far)",
+        )
+
+    def _drop(self, session: Session) -> None:
+        if self.sessions.get(session.client) is session:
+            del self.sessions[session.client]
+        session.close()
+
+    def _expire(self, now: float) -> None:
+        """Drop every mapping idle for session_timeout; re-arm for the next one due."""
+        timeout = self.config.session_timeout
+        while self.sessions:
+            oldest = next(iter(self.sessions.values()))
+            if now - oldest.last_active < timeout:
+                break
+            self._drop(oldest)
+            self.stats.sessions_expired += 1
+            self._log_budget.line(
+                "expire",
+                now,
+                f"[{now:8.3f} s] session {format_address(oldest.client)} expired after "
+                f"{timeout:g} s idle",
+            )
+        if self.sessions and self._expiry is not None:
+            self._expiry.arm(next(iter(self.sessions.values())).last_active + timeout)
 
     async def _open_then_send(self, session: Session, data: bytes) -> None:
         try:
             local = await session.open()
-        except QuicmigError as exc:
-            self._fail(str(exc))
+        except SessionSocketError as exc:
+            self._drop(session)
+            if exc.errno in OUT_OF_RESOURCES:
+                self._refuse(session.client, self.now(), f"no socket to be had ({exc})")
+            else:
+                self._fail(str(exc))
             return
-        self.log(
+        if self.sessions.get(session.client) is not session:  # expired or evicted meanwhile
+            session.close()
+            return
+        self._log_budget.line(
+            "session",
+            self.now(),
             f"[{self.now():8.3f} s] client {format_address(session.client)} → "
             f"{format_address(self.config.upstream)} from {format_address(local)} "
-            f"(profile {self.profile_name})"
+            f"(profile {self.profile_name})",
         )
         self._into(self.up, Datagram(session.client, self.config.upstream, data), self._up_timer)
 
@@ -343,6 +501,8 @@ class Proxy:
         assert session.socket is not None
         self._write(addr, session.socket.local, data)
         session.answered = True
+        if self.sessions.get(session.client) is session:
+            self._touch(session, self.now())
         self._into(self.down, Datagram(addr, session.client, data), self._down_timer)
 
     def upstream_error(self, session: Session, exc: Exception) -> None:
