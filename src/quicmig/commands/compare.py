@@ -8,7 +8,7 @@ from pathlib import Path
 
 from quicmig.core.results import check_output_file
 from quicmig.errors import InputError
-from quicmig.report.compare import compare_table, load_run, scenario_warning
+from quicmig.report.compare import compare_table, load_runs, scenario_warning
 from quicmig.report.table import fold_columns, make_console
 
 
@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="example:\n"
         "  quicmig run nat-rebinding --json sim.json\n"
         "  quicmig run nat-rebinding --backend proxy --json proxy.json\n"
-        "  quicmig compare sim.json proxy.json",
+        "  quicmig compare sim.json proxy.json\n"
+        "  sudo quicmig lab race --json race.json && quicmig compare race.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -30,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         type=Path,
         metavar="RESULT.json",
-        help="two or more files written by `quicmig run NAME --json FILE`",
+        help="two or more files written by `quicmig run NAME --json FILE`, or a race's "
+        "(`quicmig lab race --json FILE`: its transports side by side)",
     )
     parser.add_argument(
         "--html",
@@ -43,11 +45,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     files: list[Path] = args.files
-    if len(files) < 2:
-        raise InputError("compare needs at least two result files (quicmig run NAME --json FILE)")
     if args.html is not None:
         check_output_file(args.html, "--html")
-    runs = [load_run(path) for path in files]
+    runs = [run for path in files for run in load_runs(path)]
+    if len(runs) < 2:
+        raise InputError(
+            "compare needs at least two result files (quicmig run NAME --json FILE), or one "
+            "race (quicmig lab race --json FILE)"
+        )
     warning = scenario_warning(runs)
     if warning is not None:
         print(f"quicmig: {warning}", file=sys.stderr)

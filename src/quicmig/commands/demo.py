@@ -14,6 +14,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "rotation and preferred addresses; each scenario runs in the simulator and shows, as a "
         "sequence diagram, the packets the server's aioquic really sent and received around "
         "each migration, with the measured detection delay, validation RTT and interruption. "
+        "The topic 'Unlike TCP' races QUIC, TCP and MPTCP through a WiFi -> cellular switch "
+        "in the namespace lab where it is available (root) and shows what each lost. "
         "Without a terminal on stdin (pipes, CI) it behaves as --no-input.",
         epilog="examples:\n"
         "  quicmig demo                                   # menu\n"
@@ -42,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.scenario is not None:
         load_scenario(args.scenario)  # unknown names fail here, before any output
     interactive = not args.no_input and sys.stdin.isatty()
-    demo = Demo(make_console(), interactive=interactive, seed=args.seed)
+    # The whole tour measures the Unlike-TCP topic too (a race in the lab, where it can).
+    tour = args.scenario is None
+    demo = Demo(make_console(), interactive=interactive, seed=args.seed, measure=tour)
     try:
         if args.scenario is not None:
             demo.scenario(args.scenario)

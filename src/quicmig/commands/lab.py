@@ -38,13 +38,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "port range, conntrack entries deleted), network switch (WiFi link down, default route "
         "to cellular) and IP change (the interface's address replaced). The client never moves "
         "its socket: the kernel changes its source address. Reports what the server's tracker "
-        "observed for each. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN), iproute2, "
+        "observed for each. `lab race` makes the same move under a QUIC, a TCP + TLS and an "
+        "MPTCP download, side by side. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN), iproute2, "
         "nftables, conntrack and /dev/net/tun (tshark for --pcap). Everything created carries a "
         "per-run prefix (qm + 6 hex digits) and is removed at the end, on failure and on Ctrl-C.",
         epilog="examples:\n"
         "  sudo quicmig lab run\n"
         "  sudo quicmig lab run --migrate nat-rebinding,network-switch --download 8M --pcap caps/\n"
         "  sudo quicmig lab run --messages 3 --json lab.json\n"
+        "  sudo quicmig lab race --plot race.png --json race.json   # QUIC vs TCP vs MPTCP\n"
         "  sudo quicmig lab clean      # remove leftovers of runs that were killed with SIGKILL",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -118,6 +120,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="client: wait this long for the handshake and each answer (default 5)",
     )
     run.set_defaults(handler=run_command)
+    _register_race(actions)
     clean = actions.add_parser(
         "clean",
         help="remove namespaces, links and nftables tables left by earlier lab runs",
@@ -128,6 +131,117 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "when something is still there after its delete.",
     )
     clean.set_defaults(handler=clean_command)
+
+
+def _register_race(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from quicmig.race import DEFAULT_RACE, race_names
+
+    names = ", ".join(race_names())
+    race = actions.add_parser(
+        "race",
+        help="the same download and the same move over QUIC, TCP and MPTCP, side by side",
+        description="Download the same bytes from the lab's server over QUIC (quicmig's live "
+        "client and server, as `lab run`), TCP + TLS 1.3 (HTTP/1.1; on a broken connection "
+        "the client reconnects and resumes with a Range request) and MPTCP (the kernel's, "
+        "with a subflow on each client interface), one run after another, each through the "
+        "same topology and the same timeline in a lab of its own; then a table of what each "
+        "transport lost: did its connection survive, handshakes, the interruption and the "
+        "time from the move to the next byte, the longest gap, bytes fetched twice, when it "
+        f"finished. SCENARIO is a race ({names}; default {DEFAULT_RACE}: the phone topology, "
+        "WiFi 20 ms / 50 Mbit/s, cellular 60 ms / 10 Mbit/s / 1 % loss, a 4 MB download, "
+        "the move once 1 MB has arrived), or any other scenario name or FILE.toml with a "
+        "download. "
+        "Exit status: 0 when every transport's download completed intact (whether its "
+        "connection survived is the measurement), 1 when one did not, 2 for bad input. "
+        "Needs root, like `lab run`.",
+        epilog="examples:\n"
+        "  sudo quicmig lab race\n"
+        "  sudo quicmig lab race nat-rebinding --plot nat.png --json nat.json\n"
+        "  sudo quicmig lab race make-before-break --transports tcp,mptcp --stall-timeout 30\n"
+        "  quicmig compare nat.json          # the three Results side by side",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    race.add_argument(
+        "scenario", nargs="?", default=DEFAULT_RACE, metavar="SCENARIO", help=f"({names})"
+    )
+    race.add_argument(
+        "--transports",
+        metavar="LIST",
+        help="comma-separated, in the order to run (default quic,tcp,mptcp; MPTCP named here "
+        "must be available, else it runs as plain TCP and says so)",
+    )
+    race.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario value, e.g. links.cellular.loss_pct=0, timeline.0.at_s=1",
+    )
+    race.add_argument("--download", metavar="BYTES", help="download this much (e.g. 8M)")
+    race.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="TCP client: a connection that brings no byte for this long is broken (default "
+        "10, OkHttp's read timeout)",
+    )
+    race.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="TCP client: for the TCP and TLS handshakes (default 10, OkHttp's)",
+    )
+    race.add_argument(
+        "--tcp-congestion",
+        choices=("cubic", "reno", "bbr"),
+        default="cubic",
+        help="TCP congestion control of both ends' sockets (default cubic, Linux's default; "
+        "aioquic 1.7.2's QUIC uses Reno)",
+    )
+    race.add_argument(
+        "--mptcp-subflow",
+        choices=("backup", "active"),
+        default="backup",
+        help="the second interface's subflow: `backup` stands by until the first fails "
+        "(default, iOS's handover mode), `active` carries data too",
+    )
+    race.add_argument(
+        "--stack",
+        choices=STACKS,
+        default="stock",
+        help="the QUIC server's stack, as for `lab run` (default stock aioquic)",
+    )
+    race.add_argument("--seed", type=int, default=1, help="run seed (default 1)")
+    race.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="QUIC client: wait this long for the handshake and each answer (default 5)",
+    )
+    race.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the Results (with series) as JSON"
+    )
+    race.add_argument(
+        "--plot", type=Path, metavar="FILE", help="figure: the three curves (.png, .svg, .pdf)"
+    )
+    race.add_argument(
+        "--pcap",
+        type=Path,
+        metavar="DIR",
+        help="capture the server's side of each run into DIR/TRANSPORT.pcap, with the TLS key "
+        "log DIR/TRANSPORT.keys (Wireshark decrypts both QUIC and TLS with it)",
+    )
+    race.set_defaults(handler=race_command)
+
+
+def race_command(args: argparse.Namespace) -> int:
+    from quicmig.race.command import race_command as command
+
+    return command(args)
 
 
 def lab_scenario(args: argparse.Namespace) -> Scenario:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from quicmig.core.connections import QUIC, StreamRecord
 from quicmig.core.datagram import Address
 from quicmig.core.results import Check, NetworkChange, Transfer
 from quicmig.core.tracker import MigrationTracker
@@ -20,12 +21,16 @@ from quicmig.model.scenario import Attacker, Expectation, Scenario, ServerSettin
 
 @dataclass(frozen=True, slots=True)
 class ClientObservation:
-    """One client's view, and the server's tracker of its connection (None: none arrived)."""
+    """One client's view, and the server's tracker of its connection (None: none arrived).
+
+    A TCP or MPTCP client has no tracker: `stream` holds what both ends' sockets recorded
+    of each of its connections instead (quicmig.core.connections)."""
 
     transfer: Transfer
     delivery_times: Sequence[float]  # seconds: each time application data reached it
     delivery_totals: Sequence[int]  # cumulative bytes at those times
     connection: MigrationTracker | None
+    stream: StreamRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,7 @@ class Observation:
     stats: dict[str, Any] = field(default_factory=dict)
     wall: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    transport: str = QUIC  # quic | tcp | mptcp: what carried the bytes (Result.transport)
 
 
 @dataclass(frozen=True, slots=True)

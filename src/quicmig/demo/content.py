@@ -32,6 +32,14 @@ in quicmig's simulator (virtual time: a 10 s download takes a second) and shows 
 they measure: how soon the server noticed, the validation round trip, the wait for the app.
 """
 
+UNLIKE_TCP = "unlike-tcp"  # the topic that runs `quicmig lab race` where the lab is available
+RACE_HOWTO = (
+    "Measured on this machine it needs the namespace lab: Linux, root, iproute2, nftables, "
+    "conntrack and /dev/net/tun (MPTCP too for its column). Then run "
+    "[bold]sudo quicmig lab race[/bold] (the WiFi -> cellular switch; also nat-rebinding, "
+    "make-before-break, ip-change), with --plot race.png for the three curves."
+)
+
 TOPICS: tuple[Topic, ...] = (
     Topic(
         "cids",
@@ -113,6 +121,31 @@ reasons the spec cannot give full unlinkability there. Compare the DCID column o
 (#0 before and after) with network-switch and ip-change (a new number after the move), and see
 cid-rotation for rotation without any address change.""",
         ("cid-rotation", "ip-change"),
+    ),
+    Topic(
+        UNLIKE_TCP,
+        "Unlike TCP: the same move on TCP, MPTCP and QUIC, measured",
+        """\
+A TCP download that loses its path cannot follow it: the connection [bold]is[/bold] its
+4-tuple (RFC 9293 §3.1). What a well-written app does then is slow by design. It has to
+[bold]notice[/bold]: a socket error comes only if something answers (a NAT rebinding draws a
+reset from the server); a WiFi link that is gone, or an address that was taken away, says
+nothing, and the app waits for its read timeout (OkHttp, most Android apps' HTTP client: 10 s).
+Then it [bold]reconnects[/bold]: a new TCP handshake, a new TLS 1.3 handshake and the request,
+three round trips on the new path, and a new slow start; with [bold]Range: bytes=N-[/bold]
+(RFC 9110 §14.2) it fetches only what it lacks.
+
+[bold]MPTCP[/bold] (RFC 8684), the kernel's own answer, keeps one connection over a TCP subflow per
+interface: it lives while one subflow does. But the kernel's path manager opens subflows from
+the endpoints it was given, once: after a NAT rebinding or a new address the WiFi subflow is
+gone for good, and the download goes on over cellular only.
+
+[bold]QUIC[/bold] keeps its connection: packets from the new address carry a connection ID the
+server knows, it validates the path and carries on, with no new handshake.
+
+quicmig's simulator has no TCP (a home-made model would not be TCP): this comparison runs the
+kernel's own TCP and MPTCP, and aioquic, through the same namespace lab, the same links (the
+simulator's link model in a userspace element) and the same move.""",
     ),
     Topic(
         "preferred",

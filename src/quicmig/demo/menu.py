@@ -19,7 +19,16 @@ from rich.text import Text
 
 from quicmig.core.datagram import format_address
 from quicmig.core.results import MigrationResult, Result
-from quicmig.demo.content import INTRO, STORIES, TOPICS, TUTORIAL_ORDER, Topic, story
+from quicmig.demo.content import (
+    INTRO,
+    RACE_HOWTO,
+    STORIES,
+    TOPICS,
+    TUTORIAL_ORDER,
+    UNLIKE_TCP,
+    Topic,
+    story,
+)
 from quicmig.demo.diagram import diagram
 from quicmig.demo.observe import observe
 from quicmig.model.loader import builtin_names, load_scenario
@@ -29,6 +38,7 @@ from quicmig.report.sequence import TIMES
 from quicmig.report.table import verdict_text
 
 WIDTH = 100  # columns at most: prose and diagrams are laid out for this
+DEMO_RACE = ("network-switch", 2_000_000)  # the race the Unlike-TCP topic runs, bytes
 
 
 def make_console() -> Console:
@@ -66,11 +76,46 @@ def scenario_order() -> list[str]:
     return first + known + [n for n in names if n not in first and n not in known]
 
 
+def lab_unavailable() -> str | None:
+    """Why the namespace lab cannot race here (one line), or None."""
+    from quicmig.lab import system
+    from quicmig.lab.owners import new_prefix
+
+    if not system.privileged():  # before the probe: it would only say the same
+        return "this process is not root"
+    return system.unavailable(f"{new_prefix()}-probe")
+
+
+def run_demo_race(seed: int) -> list[Result]:
+    """The Unlike-TCP topic's race: WiFi -> cellular, the race's defaults, a smaller body."""
+    from quicmig.race import mptcp
+    from quicmig.race.run import RaceSettings, race_scenario, run_race
+
+    name, size = DEMO_RACE
+    settings = RaceSettings(seed=seed, mptcp_fallback=mptcp.unavailable())
+    return run_race(race_scenario(name, [], size), settings)
+
+
 class Demo:
-    def __init__(self, console: Console, interactive: bool, seed: int = 1) -> None:
+    def __init__(
+        self,
+        console: Console,
+        interactive: bool,
+        seed: int = 1,
+        *,
+        measure: bool | None = None,
+        lab: Callable[[], str | None] = lab_unavailable,
+        race: Callable[[int], list[Result]] = run_demo_race,
+    ) -> None:
+        """`measure`: the Unlike-TCP topic races in the lab where it can (None: when
+        interactive; `quicmig demo --no-input` asks for it too); `lab` says why the lab
+        cannot race here (None: it can), `race` runs the race."""
         self.console = console
         self.interactive = interactive
         self.seed = seed
+        self.measure = interactive if measure is None else measure
+        self.lab = lab
+        self.race = race
 
     # --- pauses ---------------------------------------------------------------------------
 
@@ -90,6 +135,35 @@ class Demo:
         if topic.see:
             body += "\n\n[dim]See it: " + ", ".join(topic.see) + " (in the menu)[/dim]"
         self.console.print(Panel(body, title=f"[bold]{topic.title}", title_align="left"))
+        if topic.key == UNLIKE_TCP:
+            self.unlike_tcp()
+
+    def unlike_tcp(self) -> None:
+        """Race QUIC, TCP and MPTCP through the WiFi -> cellular switch in the namespace lab
+        and show what each lost; where the lab is not available, say how to get it."""
+        from quicmig.race.report import notes, race_table
+
+        why = self.lab()
+        if why is not None:
+            self.console.print(f"{RACE_HOWTO}\n[dim]Here: {why}.[/dim]")
+            return
+        if not self.measure:
+            self.console.print(
+                "The namespace lab is available here: [bold]quicmig lab race[/bold] (or this "
+                "topic in `quicmig demo`) measures the comparison on this machine."
+            )
+            return
+        name, size = DEMO_RACE
+        self.pause(f"race QUIC, TCP and MPTCP through {name} in the lab (under a minute)")
+        with self.console.status(f"racing {size / 1e6:g} MB over QUIC, TCP and MPTCP …"):
+            results = self.race(self.seed)
+        self.console.print(race_table(results))
+        for line in notes(results):
+            self.console.print(f"• {line}", markup=False, highlight=False)
+        self.console.print(
+            "[dim]Measured just now in the namespace lab (each transport in a lab of its "
+            "own); `sudo quicmig lab race --plot race.png` draws the three curves.[/dim]"
+        )
 
     # --- scenarios ------------------------------------------------------------------------
 

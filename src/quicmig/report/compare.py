@@ -7,6 +7,13 @@ observed, the network change behind it, detection delay, validation round trip, 
 first packet on the new path carried PATH_CHALLENGE, new DCID, interruption and lost /
 retransmitted. A value missing from a run (no second migration, a check one backend did not
 make) is shown as `-`.
+
+Results of other transports (`quicmig lab race`: TCP and MPTCP beside QUIC) line up the
+same way: a `transport` row, and rows of what the application saw, for every transport
+alike (the judge's `stats.continuity`: connection survived, handshakes, interruption,
+resume after the move, longest gap, bytes fetched twice, done at). `load_runs(path)` reads
+a race's file (the runs of one race, `quicmig lab race --json FILE`) as well as a single
+result; a TCP run has no QUIC migrations, so its migration rows show `-`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ LIST, OBJECT = "a list", "an object"
 TOP: dict[str, tuple[str, ...]] = {
     "scenario": (STR,),
     "backend": (STR,),
+    "transport": (STR,),
     "seed": (INT,),
     "verdict": (STR,),
     "expected_verdict": (STR, NULL),
@@ -79,7 +87,18 @@ MIGRATION: dict[str, tuple[str, ...]] = {
 STATS: dict[str, tuple[str, ...]] = {
     "quic_extensions": (LIST, NULL),
     "run_seconds": (NUM, NULL),
+    "continuity": (OBJECT,),
 }
+CONTINUITY: dict[str, tuple[str, ...]] = {
+    "survived": (BOOL,),
+    "handshakes": (INT,),
+    "interruption_s": (NUM, NULL),
+    "resume_s": (NUM, NULL),
+    "longest_gap_s": (NUM, NULL),
+    "refetched_bytes": (INT,),
+    "completed_at": (NUM, NULL),
+}
+RACE_KEY = "race"  # a runs file with this key holds one race (quicmig.race.command)
 WALL: dict[str, tuple[str, ...]] = {"seconds": (NUM, NULL)}
 MARK = {state.value: mark for state, mark in MARKS.items()}
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "unsupported": "bold yellow"}
@@ -100,9 +119,16 @@ class Run:
     def stack(self) -> str:
         return str(self.data.get("stack", "stock"))
 
+    @property
+    def transport(self) -> str:
+        return str(self.data.get("transport", "quic"))
+
     def label(self, vary: set[str]) -> str:
-        """The column title: the backend, plus whatever else differs between the runs."""
+        """The column title: the backend, plus whatever else differs between the runs
+        (first the transport, where the runs are a race)."""
         parts = [str(self.data["backend"])]
+        if "transport" in vary:
+            parts.insert(0, self.transport)
         if "seed" in vary:
             parts.append(f"seed {self.data['seed']}")
         if "stack" in vary:
@@ -114,8 +140,24 @@ class Run:
         return "\n".join(parts)
 
 
+def load_runs(path: Path) -> list[Run]:
+    """The results of one file: a single result, or the runs of one race (`quicmig lab race
+    --json`); bad input raises InputError with one line naming the file."""
+    data = _read(path)
+    if isinstance(data, dict) and data.get("schema") == RUNS_SCHEMA and RACE_KEY in data:
+        runs = data.get("runs")
+        if not isinstance(runs, list) or not runs:
+            raise InputError(f"{path}: a race without runs; is it truncated?")
+        return [_checked(path, run, f"runs[{index}].") for index, run in enumerate(runs)]
+    return [load_run(path)]
+
+
 def load_run(path: Path) -> Run:
     """Read one quicmig result; bad input raises InputError with one line naming the file."""
+    return _checked(path, _read(path))
+
+
+def _read(path: Path) -> Any:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -123,12 +165,16 @@ def load_run(path: Path) -> Run:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read it ({exc})") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{path}: not JSON (line {exc.lineno}: {exc.msg}); give files written by "
             "`quicmig run NAME --json FILE`"
         ) from None
+
+
+def _checked(path: Path, data: Any, where: str = "") -> Run:
+    """`data` as a Run, if it is one quicmig result (`where`: its place in the file)."""
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema == RUNS_SCHEMA:
         count = len(data.get("runs", []))
@@ -149,22 +195,27 @@ def load_run(path: Path) -> Run:
     assert isinstance(data, dict)
     missing = [key for key in REQUIRED if key not in data]
     if missing:
-        raise InputError(f"{path}: a {SCHEMA} without {', '.join(missing)}; is it truncated?")
-    _validate(path, data)
+        raise InputError(
+            f"{path}: {where}a {SCHEMA} without {', '.join(missing)}; is it truncated?"
+        )
+    _validate(path, data, where)
     return Run(path, data)
 
 
-def _validate(path: Path, data: dict[str, Any]) -> None:
+def _validate(path: Path, data: dict[str, Any], where: str = "") -> None:
     """InputError naming the file and the first field of the wrong type (what the table reads)."""
-    _fields(path, "", data, TOP)
+    _fields(path, where.rstrip("."), data, TOP)
     for index, check in enumerate(data["checks"]):
-        _fields(path, f"checks[{index}]", check, CHECK)
-    _fields(path, "transfer", data["transfer"], TRANSFER)
+        _fields(path, f"{where}checks[{index}]", check, CHECK)
+    _fields(path, f"{where}transfer", data["transfer"], TRANSFER)
     for index, migration in enumerate(data["migrations"]):
-        _fields(path, f"migrations[{index}]", migration, MIGRATION)
+        _fields(path, f"{where}migrations[{index}]", migration, MIGRATION)
     for name, spec in (("stats", STATS), ("wall", WALL)):
         if name in data:
-            _fields(path, name, data[name], spec)
+            _fields(path, f"{where}{name}", data[name], spec)
+    continuity = data.get("stats", {}).get("continuity")
+    if continuity is not None:
+        _fields(path, f"{where}stats.continuity", continuity, CONTINUITY)
 
 
 def _fields(path: Path, where: str, value: Any, spec: dict[str, tuple[str, ...]]) -> None:
@@ -196,6 +247,7 @@ def varying(runs: list[Run]) -> set[str]:
             ("seed", {r.data["seed"] for r in runs}),
             ("stack", {r.stack for r in runs}),
             ("scenario", {r.scenario for r in runs}),
+            ("transport", {r.transport for r in runs}),
         )
         if len(values) > 1
     }
@@ -238,6 +290,37 @@ def _transfer(data: dict[str, Any]) -> str:
     if transfer.get("completed_at") is not None:
         text += f"\ndone at {_s(transfer['completed_at'])}"
     return text
+
+
+def _transport(data: dict[str, Any]) -> str:
+    transport = str(data.get("transport", "quic"))
+    fallback = data.get("stats", {}).get("fallback")
+    return f"{transport} [yellow](MPTCP unavailable)[/yellow]" if fallback else transport
+
+
+def _continuity_rows(figures: list[dict[str, Any] | None]) -> list[list[str]]:
+    """What the application saw, per run (no rows when no run has the figures)."""
+    if not any(figures):
+        return []
+
+    def cells(render: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [render(f) if f else "-" for f in figures]
+
+    def survived(f: dict[str, Any]) -> str:
+        return "yes" if f.get("survived") else "[red]no[/red]"
+
+    def bytes_(f: dict[str, Any]) -> str:
+        return _size(int(f.get("refetched_bytes", 0)))
+
+    return [
+        ["connection survived", *cells(survived)],
+        ["handshakes", *cells(lambda f: str(f.get("handshakes", "-")))],
+        ["interruption", *cells(lambda f: _ms(f.get("interruption_s")))],
+        ["resume after move", *cells(lambda f: _ms(f.get("resume_s")))],
+        ["longest gap", *cells(lambda f: _ms(f.get("longest_gap_s")))],
+        ["fetched twice", *cells(bytes_)],
+        ["done at", *cells(lambda f: _s(f.get("completed_at")))],
+    ]
 
 
 def _migration_rows(index: int, migrations: list[dict[str, Any] | None]) -> list[list[str]]:
@@ -293,8 +376,12 @@ def compare_table(runs: list[Run]) -> Table:
     def row(name: str, values: list[str], *, end_section: bool = False) -> None:
         table.add_row(name, *values, end_section=end_section)
 
+    row("transport", [_transport(d) for d in datas])
     row("verdict", [_verdict(d) for d in datas])
     row("transfer", [_transfer(d) for d in datas], end_section=True)
+    rows = _continuity_rows([d.get("stats", {}).get("continuity") for d in datas])
+    for position, cells in enumerate(rows):
+        row(cells[0], cells[1:], end_section=position == len(rows) - 1)
 
     names: list[str] = []
     for data in datas:
