@@ -91,7 +91,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"cells at a time (default {DEFAULT_JOBS}: each has its own ports or namespaces)",
     )
     parser.add_argument(
-        "--stacks-dir", type=Path, metavar="DIR", help="more stack files (*.toml), see README"
+        "--stacks-dir",
+        type=Path,
+        metavar="DIR",
+        help="more stack files (*.toml), see docs/interop.md",
     )
     parser.add_argument(
         "--base-port",
