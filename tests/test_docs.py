@@ -73,3 +73,55 @@ def test_glossary_and_extensions_pages() -> None:
     extensions = (DOCS / "extensions.md").read_text()
     for switch in QuicExtensions.NAMES:
         assert f"`{switch}`" in extensions, switch
+
+
+ROOT = DOCS.parent
+QUICKSTART = (
+    "pip install . && quicmig run all",  # the main job
+    "pip install '.[test]' && python -m pytest",  # the tests (.ci/run runs the same)
+)
+
+
+def test_readme_keeps_the_quickstart_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for command in QUICKSTART:
+        assert command in readme, command
+
+
+def _prose(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading slugs: lower case, punctuation dropped, each space a hyphen."""
+    slugs = set(re.findall(r'<a id="([^"]+)"', text))
+    for heading in re.findall(r"^#+ (.+)$", _prose(text), flags=re.MULTILINE):
+        slugs.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return slugs
+
+
+def _links(text: str) -> list[str]:
+    links = re.findall(r"\]\(([^)\s]+)\)", _prose(text))
+    return [t for t in links if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(f"docs/{p.name}" for p in DOCS.glob("*.md"))]
+)
+def test_relative_links_reach_a_file_and_its_heading(page: str) -> None:
+    source = ROOT / page
+    broken = []
+    for target in _links(source.read_text()):
+        path, _, fragment = target.partition("#")
+        dest = source.parent / path if path else source
+        found = dest.exists() and (
+            not fragment or dest.suffix != ".md" or fragment in _anchors(dest.read_text())
+        )
+        if not found:
+            broken.append(target)
+    assert not broken, f"{page}: {broken}"
+
+
+def test_the_link_check_can_fail() -> None:
+    assert _links("[a](x.md#y)\n```\n[d](e.md)\n```\n[f](https://g)") == ["x.md#y"]
+    assert _anchors("## A b → `c`\n```\n# not a heading\n```\n") == {"a-b--c"}
