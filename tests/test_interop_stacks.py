@@ -58,7 +58,7 @@ def test_shipped_stacks_load_with_their_roles_and_capabilities() -> None:
     for name in ("quicmig", "ngtcp2", "qh3"):
         assert stacks[name].roles == ("server", "client")
     assert stacks["quicmig-ext"].roles == ("server",)  # the same client as quicmig's
-    # What each can do, as the files say it (NOTES-interop.md has the evidence).
+    # What each can do, as the files say it (docs/interop.md has the evidence).
     ngtcp2, qh3, caddy = stacks["ngtcp2"], stacks["qh3"], stacks["caddy"]
     assert ngtcp2.server is not None and ngtcp2.server.preferred_address is not None
     assert ngtcp2.server.disable_active_migration is None

@@ -2,7 +2,7 @@
 through the same `MigrationTracker`, and come out of the same judge as a Result
 (`"backend": "capture"`). `quicmig check` and `quicmig run --pcap` agree by construction.
 
-How datagrams become connections (the heuristic, also in the README):
+How datagrams become connections (the heuristic, also in docs/check.md):
 
 1. Servers. The sender of the first Initial packet between two addresses is the client, the
    receiver a server. With no Initial in the capture (it started mid-connection), the side on

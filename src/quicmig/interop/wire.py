@@ -9,7 +9,7 @@ sees what the server sent after that socket closed.
 
 An undecrypted 1-RTT datagram is one tshark dissected as QUIC with a short header but no
 frames: with tshark 4.0 that is what a packet looks like whose keys tshark did not find for
-its connection (see NOTES-interop.md on tshark before 4.5 and new connection IDs).
+its connection (docs/interop.md: tshark before 4.5 and new connection IDs).
 """
 
 from __future__ import annotations
