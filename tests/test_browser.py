@@ -38,7 +38,7 @@ from aioquic.quic.events import QuicEvent
 from conftest import STARTUP, run_bounded, start_quicmig, stop_process
 
 from quicmig.core.app import content
-from quicmig.interop.chromium_client import DevTools
+from quicmig.interop.chromium_client import EXEC_WITH_PIPE, DevTools
 from quicmig.interop.transfer import spki_hash
 from quicmig.live.certs import CertPaths
 from quicmig.live.server import BYTES_SEED, MAX_BYTES, LiveServer
@@ -53,20 +53,6 @@ SIZE = 10_000_000  # bytes of /bytes/N
 DELAY_MS = 10
 TEST_TIMEOUT = 30.0  # seconds for the whole exchange
 REBIND_LINE = re.compile(r"rebind 1: client \S+ now reaches \S+ from (\S+) \(was (\S+)\)")
-
-# Runs in the child before Chromium: --remote-debugging-pipe reads the DevTools protocol from
-# file descriptor 3 and writes to 4, so move the two pipe ends there, then become Chromium.
-_EXEC_WITH_PIPE = """
-import fcntl, os, sys
-ends = [fcntl.fcntl(int(fd), fcntl.F_DUPFD_CLOEXEC, 10) for fd in sys.argv[1:3]]
-for fd in sys.argv[1:3]:
-    os.close(int(fd))
-os.dup2(ends[0], 3)
-os.dup2(ends[1], 4)
-for fd in ends:
-    os.close(fd)
-os.execv(sys.argv[3], sys.argv[3:])
-"""
 
 
 def chromium_flags(origin: str, spki: str, profile: Path) -> list[str]:
@@ -101,7 +87,7 @@ async def _start_chromium(
     try:
         with log.open("wb") as stderr:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _EXEC_WITH_PIPE, str(to_chrome), str(from_chrome),
+                sys.executable, "-c", EXEC_WITH_PIPE, str(to_chrome), str(from_chrome),
                 CHROMIUM, *flags,
                 pass_fds=(to_chrome, from_chrome), stdin=asyncio.subprocess.DEVNULL,
                 stdout=stderr, stderr=stderr, start_new_session=True,
