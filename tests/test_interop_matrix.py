@@ -434,3 +434,42 @@ def test_a_client_that_closes_before_it_could_answer_does_not_fail_the_server(
         assert (
             "1 cut short by the client closing the connection" in checks["paths-validated"].detail
         )
+
+
+@pytest.mark.parametrize(("closed_after", "state"), [(0.0, "passed"), (0.5, "failed")])
+def test_a_client_that_closes_from_a_new_path_before_any_challenge_does_not_fail_the_server(
+    closed_after: float, state: str
+) -> None:
+    """A rebinding just after the download's end: the client's first packet from the new
+    port carries its CONNECTION_CLOSE (seen in the lab: Chromium), so the server, draining,
+    never challenges it. A close 0.5 s after the new path appeared, with no challenge
+    meanwhile, leaves the server's failure to validate standing."""
+    from quicmig.core.judge import judge
+    from quicmig.core.observation import ClientObservation, Expectations, Observation
+    from quicmig.core.results import NO_TRANSFER
+    from quicmig.model.scenario import Expectation
+
+    ack, close, challenge, response = (0x02,), (0x1C,), (0x1A,), (0x1B,)
+    last = (close,) if closed_after == 0.0 else (ack,)
+    members = [
+        (frames_dgram(1, 0.00, CLIENT, SERVER, (0x06,)), True),
+        (frames_dgram(2, 0.01, SERVER, CLIENT, ack), False),
+        (frames_dgram(3, 1.00, MOVED, SERVER, ack), True),  # first move: validated in 40 ms
+        (frames_dgram(4, 1.00, SERVER, MOVED, challenge, "01"), False),
+        (frames_dgram(5, 1.04, MOVED, SERVER, response, "01"), True),
+        (frames_dgram(6, 2.00, THIRD, SERVER, *last), True),  # the second rebinding
+    ]
+    if closed_after:
+        members.append((frames_dgram(7, 2.00 + closed_after, THIRD, SERVER, close), True))
+    view = view_of(members)
+    wanted = Expectations("t", "stock", Expectation(min_migrations=1), None)
+    observation = Observation(
+        "capture", 0, 3.0, [ClientObservation(NO_TRANSFER, (), (), view.tracker)], ()
+    )
+    checks = {c.name: c for c in judge(wanted, observation).checks}
+    assert checks["paths-validated"].state.value == state
+    # The strict rule has no first packet to judge on a path the server, draining, never
+    # sent to; left open by the client, the server's silence there is not judged either way.
+    assert checks["first-packet-challenge"].state.value == (
+        "passed" if state == "passed" else "unsupported"
+    )

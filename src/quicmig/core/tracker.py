@@ -328,16 +328,20 @@ class MigrationTracker:
         ]
 
     def cut_short(self, migration: ObservedMigration) -> bool:
-        """The client's CONNECTION_CLOSE arrived before the server's first challenge on this
-        new path could have made its round trip (the shortest one this connection's answered
-        challenges took): the client closed before it could answer, so the path's missing
-        validation is not the server's. Without such a round trip to compare: False."""
-        if migration.validated_at is not None or not migration.challenges:
+        """The client's CONNECTION_CLOSE arrived before a challenge on this new path could
+        have made its round trip (the shortest one this connection's answered challenges
+        took), counted from the server's first challenge there or, when it sent none, from
+        the path's detection: the client closed before it could answer, and a server that
+        has received a CONNECTION_CLOSE must not send any more (RFC 9000 section 10.2.2), so
+        the path's missing validation is not the server's. Without such a round trip to
+        compare: False."""
+        if migration.validated_at is not None:
             return False
         if self.closed_at is None or self.closed_at < migration.detected_at:
             return False
         rtts = [c.answered_at - c.sent_at for c in self.challenges if c.answered_at is not None]
-        return bool(rtts) and self.closed_at - migration.challenges[0].sent_at < min(rtts)
+        since = migration.challenges[0].sent_at if migration.challenges else migration.detected_at
+        return bool(rtts) and self.closed_at - since < min(rtts)
 
     @property
     def challenges(self) -> list[Challenge]:
