@@ -152,3 +152,22 @@ def test_run_all_reports_every_scenario_as_expected(tmp_path: Path) -> None:
     for name in builtin_names():
         assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["scenario"] == name
         assert (tmp_path / "out" / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_reader_that_goes_away_does_not_cost_the_json(tmp_path: Path) -> None:
+    """`quicmig run NAME --json F | head -1`: once head has gone, printing fails with EPIPE;
+    the run must still write F, whole, and say nothing on stderr."""
+    out = tmp_path / "run.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quicmig", "run", "cid-rotation", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone before the table is printed
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0, err
+    assert err == ""
+    assert json.loads(out.read_text())["scenario"] == "cid-rotation"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import IO, Any, NoReturn
 
 from quicmig import __version__
 from quicmig.errors import QuicmigError
@@ -64,7 +65,43 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class ClosedPipeTolerant:
+    """stdout that, once its reader has gone (`quicmig run ... --json F | head`), drops what
+    is printed instead of raising, so the command still finishes and writes its files."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self._closed = True
+        # What is still buffered goes to /dev/null too, also at the interpreter's exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and not isinstance(sys.stdout, ClosedPipeTolerant):
+        sys.stdout = ClosedPipeTolerant(sys.stdout)
     args_list = list(sys.argv[1:] if argv is None else argv)
     # The command comes first; `quicmig --help` and `quicmig --version` select none.
     selected = args_list[0] if args_list and not args_list[0].startswith("-") else None

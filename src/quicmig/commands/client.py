@@ -287,7 +287,9 @@ def run(args: argparse.Namespace) -> int:
     parts = [part for part in text.split(",") if part.strip()]
     if not parts:
         raise InputError(f"--migrate: no migration given; known: {DEFAULT_MOVES} (or none)")
-    moves = [] if parts == ["none"] else [event_kind(p, "--migrate", allowed) for p in parts]
+    moves = (
+        [] if parts == ["none"] else [event_kind(p, "--migrate", allowed, ("none",)) for p in parts]
+    )
     needs_address = [k for k in moves if k in (*NEEDS_ADDRESS, EventKind.ADDRESS_REBINDING)]
     if needs_address and len(addresses) < 2:
         if args.migrate is not None:

@@ -167,8 +167,8 @@ def _register_race(actions: argparse._SubParsersAction[argparse.ArgumentParser])
     race.add_argument(
         "--transports",
         metavar="LIST",
-        help="comma-separated, in the order to run (default quic,tcp,mptcp; MPTCP named here "
-        "must be available, else it runs as plain TCP and says so)",
+        help="comma-separated, in the order to run (default quic,tcp,mptcp, where an "
+        "unavailable MPTCP runs as plain TCP and says so; MPTCP named here must be available)",
     )
     race.add_argument(
         "--set",

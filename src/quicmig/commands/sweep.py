@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from quicmig.errors import InputError
 from quicmig.report.table import fold_columns, make_console
+from quicmig.words import counted
 
 if TYPE_CHECKING:
     from quicmig.sweep.spec import SweepSpec
@@ -234,7 +235,11 @@ def _execute(
     console.print(
         f"{finished} of {total} runs done in {args.out} ({executed} run now in {elapsed:.1f} s, "
         f"{rate:.1f} runs/s; {stored} already there)"
-        + (f"; [red]{errors} runs raised an error[/red] (see {args.out}/errors/)" if errors else "")
+        + (
+            f"; [red]{counted(errors, 'run')} raised an error[/red] (see {args.out}/errors/)"
+            if errors
+            else ""
+        )
     )
     return errors
 
@@ -279,7 +284,7 @@ def dry_run(
     per_run = statistics.median(seconds) if seconds else 0.0
     shape = " x ".join(
         [f"{len(values)} {key}" for key, values in spec.grid]
-        + [f"{len(spec.stacks)} stacks", f"{len(spec.seeds)} seeds"]
+        + [counted(len(spec.stacks), "stack"), counted(len(spec.seeds), "seed")]
     )
     console.print(
         f"{len(tasks)} runs ({shape}); {len(tasks) - len(todo)} already in {store.folder}, "

@@ -19,16 +19,13 @@ from quicmig.core.tracker import MigrationTracker, ObservedMigration, ServerAddr
 from quicmig.model.events import EventKind
 from quicmig.model.scenario import Expectation, Stream, Workload
 from quicmig.model.verdicts import CheckState, Rules, Verdict
+from quicmig.words import counted
 
 AMPLIFICATION_FACTOR = 3  # RFC 9000 section 8.1: at most 3x the bytes received, unvalidated
 STRICT = (Rules.STRICT,)
 RFC9000 = (Rules.RFC9000,)
 PASSED, FAILED = CheckState.PASSED, CheckState.FAILED
 NOT_APPLICABLE, UNSUPPORTED = CheckState.NOT_APPLICABLE, CheckState.UNSUPPORTED
-
-
-def _n(count: int, noun: str, plural: str | None = None) -> str:
-    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def _each(count: int, noun: str) -> str:
@@ -58,7 +55,7 @@ def migration_checks(
             Check.of(
                 "cid-rotations",
                 rotations >= expect.cid_rotations,
-                f"server saw {_n(rotations, 'connection ID change')} on an unchanged path, "
+                f"server saw {counted(rotations, 'connection ID change')} on an unchanged path, "
                 f"expected at least {expect.cid_rotations}",
             )
         )
@@ -80,7 +77,7 @@ def migration_checks(
         # no validation to hold against the server.
         cut = sum(m.validated_at is None and not m.path_known and m.cut_short for m in migrations)
         detail = (
-            f"{validated} of {_n(len(migrations), 'new path')} validated by PATH_RESPONSE"
+            f"{validated} of {counted(len(migrations), 'new path')} validated by PATH_RESPONSE"
             + (f", {known} validated before" if known else "")
             + (f", {cut} cut short by the client closing the connection" if cut else "")
         )
@@ -94,7 +91,7 @@ def migration_checks(
             Check.of(
                 "multiple-paths",
                 paths > 1,
-                f"{_n(paths, 'client address', 'client addresses')} seen by the server",
+                f"{counted(paths, 'client address', 'client addresses')} seen by the server",
             )
         )
         checks.append(_first_packet(migrations))
@@ -134,7 +131,7 @@ def _observed(expect: Expectation, migrations: Sequence[MigrationResult]) -> Che
         return Check.of(
             "migrations-observed",
             len(migrations) >= expect.min_migrations,
-            f"server saw {_n(len(migrations), 'migration')}, "
+            f"server saw {counted(len(migrations), 'migration')}, "
             f"expected at least {expect.min_migrations}",
         )
     wanted = list(expect.migrations)
@@ -168,7 +165,7 @@ def _first_packet(observed: Sequence[MigrationResult]) -> Check:
         return Check(
             "first-packet-challenge",
             FAILED,
-            f"the server sent {_n(m.sent_to_old_after, 'packet')} to the old address "
+            f"the server sent {counted(m.sent_to_old_after, 'packet')} to the old address "
             f"{_where(m.old_peer)} after the client's first packet from {_where(m.new_peer)}, "
             "none to the new one",
             STRICT,
@@ -245,7 +242,7 @@ def _new_dcid(
         not reused,
         f"the client used a new DCID after {_each(len(active), 'active migration')}"
         if not reused
-        else f"{len(reused)} of {_n(len(active), 'active migration')} kept the old DCID "
+        else f"{len(reused)} of {counted(len(active), 'active migration')} kept the old DCID "
         "(RFC 9000 section 9.5)",
     )
 
@@ -294,10 +291,10 @@ def disable_migration_check(
     return Check.of(
         "disable-active-migration-honoured",
         not active,
-        f"the client refused {_n(refused, 'active migration')}; the server saw none"
+        f"the client refused {counted(refused, 'active migration')}; the server saw none"
         if not active
-        else f"the client migrated actively {_n(len(active), 'time')} although the server sent "
-        "disable_active_migration; the server validated the new path and followed it",
+        else f"the client migrated actively {counted(len(active), 'time')} although the server "
+        "sent disable_active_migration; the server validated the new path and followed it",
     )
 
 
@@ -360,7 +357,7 @@ def attack_checks(
                 "attack-reached-server",
                 got > 0,
                 f"{got} bytes from {where} reached the server; it moved there "
-                f"{_n(len(to_it), 'time')}",
+                f"{counted(len(to_it), 'time')}",
             )
         )
         within = gave <= AMPLIFICATION_FACTOR * got
@@ -424,7 +421,7 @@ def workload_checks(transfer: Transfer, spec: Workload | None) -> list[Check]:
             Check.of(
                 "no-stall",
                 stalls == 0,
-                f"{_n(stalls, 'stall')} longer than {spec.stall:g} s "
+                f"{counted(stalls, 'stall')} longer than {spec.stall:g} s "
                 f"(longest {transfer.detail.get('longest_stall', 0.0):.3f} s)",
             )
         )

@@ -26,13 +26,10 @@ from quicmig.core.continuity import MOVE_WINDOW
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.results import Check, NetworkChange, Transfer
 from quicmig.model.verdicts import CheckState
+from quicmig.words import counted
 
 BEFORE = 1.0  # seconds: what carried the most data in this time before a change is the old path
 HANDSHAKE_BYTES = 2  # bytes: TCP_INFO counts the SYN and the FIN as one byte each
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _name(record: StreamRecord) -> str:
@@ -62,7 +59,7 @@ def _survived(record: StreamRecord, transfer: Transfer, changes: Sequence[Networ
     done = [a for a in record.attempts if a.handshake_done]
     if len(done) == 1 and len(record.accepted) == 1 and transfer.completed_at is not None:
         subflows = {s.remote for s in record.accepted[0].subflows}
-        over = f" over {_n(len(subflows), 'subflow')}" if subflows else ""
+        over = f" over {counted(len(subflows), 'subflow')}" if subflows else ""
         return Check.of(
             "connection-survived",
             True,
@@ -82,7 +79,7 @@ def _survived(record: StreamRecord, transfer: Transfer, changes: Sequence[Networ
         "connection-survived",
         False,
         f"the first {name} connection ended at {ended} ({first.end}){cause}; "
-        f"the download took {_n(len(done), 'TCP and TLS handshake')}",
+        f"the download took {counted(len(done), 'TCP and TLS handshake')}",
     )
 
 
@@ -116,7 +113,7 @@ def _resumed(record: StreamRecord) -> Check:
     return Check.of(
         "resumed-with-range",
         True,
-        f"{_n(len(later), 'reconnection')} resumed with Range at byte {', '.join(starts)} "
+        f"{counted(len(later), 'reconnection')} resumed with Range at byte {', '.join(starts)} "
         "(206 Partial Content): no byte fetched twice",
     )
 
@@ -131,7 +128,7 @@ def _negotiated(record: StreamRecord) -> Check:
         return Check.of(
             "mptcp-negotiated",
             False,
-            f"the kernel fell back to TCP on {len(fell)} of {_n(len(done), 'connection')} "
+            f"the kernel fell back to TCP on {len(fell)} of {counted(len(done), 'connection')} "
             f"(client) and {len(served)} of {len(record.accepted)} (server)",
         )
     return Check.of(

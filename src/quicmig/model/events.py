@@ -52,14 +52,26 @@ SCHEDULABLE = tuple(
 )
 
 
-def event_kind(text: str, where: str, allowed: tuple[EventKind, ...] = SCHEDULABLE) -> EventKind:
-    """The member `text` names; InputError naming `where` and the allowed spellings."""
+# The seed's friendly names, offered beside the canonical ones in error messages.
+FRIENDLY = {EventKind.INTERFACE_SWITCH: "network-switch", EventKind.ADDRESS_CHANGE: "ip-change"}
+
+
+def event_kind(
+    text: str,
+    where: str,
+    allowed: tuple[EventKind, ...] = SCHEDULABLE,
+    also: tuple[str, ...] = (),
+) -> EventKind:
+    """The member `text` names; InputError naming `where` and the allowed spellings (with
+    `also`: other words the caller accepts beside events, such as `none`)."""
     from quicmig.errors import InputError
 
     kind = EVENT_NAMES.get(text.strip().lower().replace("_", "-"))
     if kind is None or kind not in allowed:
-        names = ", ".join(k.value for k in allowed)
-        raise InputError(f"{where}: unknown event {text!r}; allowed: {names}")
+        names = [k.value + (f" (or {FRIENDLY[k]})" if k in FRIENDLY else "") for k in allowed]
+        raise InputError(
+            f"{where}: unknown event {text!r}; allowed: {', '.join(names + list(also))}"
+        )
     return kind
 
 

@@ -27,6 +27,7 @@ from quicmig.model.events import (
 from quicmig.model.topology import PROFILES
 from quicmig.proxy.core import Proxy, profile_named
 from quicmig.proxy.driver import ProxyDriver
+from quicmig.words import counted
 
 DEFAULT_CONTROL: Address = ("127.0.0.1", 4439)
 CTL_TIMEOUT = 2.0  # seconds to wait for the proxy's answer
@@ -143,7 +144,7 @@ def status_line(proxy: Proxy) -> str:
     if more > 0:
         named += f" and {more} more"
     return (
-        f"profile {proxy.profile_name}; {len(proxy.events)} events; sessions "
+        f"profile {proxy.profile_name}; {counted(len(proxy.events), 'event')}; sessions "
         f"{len(sessions)}/{proxy.capacity} (idle timeout {proxy.config.session_timeout:g} s; "
         f"opened {stats.sessions_opened}, expired {stats.sessions_expired}, evicted "
         f"{stats.sessions_evicted}, refused {stats.refused}); clients: {named or 'none'}; "
