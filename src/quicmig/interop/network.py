@@ -35,7 +35,13 @@ from quicmig.capture.tshark import QuicDatagram
 from quicmig.core.datagram import Address
 from quicmig.errors import InputError, QuicmigError
 from quicmig.interop.pcapfile import Record, read_records, touching
-from quicmig.interop.process import Endpoint, EndpointError, check_port_free, free_port
+from quicmig.interop.process import (
+    CAPTURE_START,
+    Endpoint,
+    EndpointError,
+    check_port_free,
+    free_port,
+)
 from quicmig.lab.driver import LabDriver
 from quicmig.live.backend import NetworkDriver, Placement
 from quicmig.model.scenario import Scenario
@@ -44,7 +50,6 @@ from quicmig.proxy.driver import SOURCES, ProxyDriver
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
-DUMPCAP_START = 1.0  # seconds for dumpcap to open lo
 LAB_POLL = 0.05  # seconds between looks at the lab element's counters
 
 # Ports handed to cells of this process and not yet bound: two cells starting at once must
@@ -214,13 +219,13 @@ class ProxyNetwork:
         argv = [exe, "-q", "-P", "-i", "lo", "-f", f"udp port {address[1]}", "-w", str(path)]
         capture = Endpoint("dumpcap", argv, log=path.with_suffix(".log"))
         async with capture:
-            await asyncio.sleep(DUMPCAP_START)
-            if capture.exited():
-                end = await capture.stop()
+            try:
+                await capture.wait_capturing(path, CAPTURE_START)
+            except EndpointError as exc:
                 raise EndpointError(
                     f"capturing the preferred address on lo failed (it needs root or dumpcap's "
-                    f"capture rights): {end.describe()}"
-                )
+                    f"capture rights): {exc}"
+                ) from None
             self._extra["preferred_pcap"] = str(path)
             yield
 

@@ -34,6 +34,8 @@ POLL = 0.05  # seconds between looks at /proc while waiting
 WATCH = 0.25  # seconds between looks at a running endpoint's children
 TAIL_LINES = 8  # lines of the log kept with an exit
 PROC = Path("/proc")
+PCAP_HEADER = 24  # bytes of a pcap file's header
+CAPTURE_START = 10.0  # seconds for dumpcap to open its interface on a loaded machine
 
 
 class EndpointError(QuicmigError):
@@ -164,6 +166,23 @@ class Endpoint:
                     f"{self.name} did not bind UDP {host}:{port} within {timeout:g} s; "
                     f"last log line: {(log_tail(self.log) or ('(empty log)',))[-1]} "
                     f"(log: {self.log})"
+                )
+            await asyncio.sleep(POLL)
+
+    async def wait_capturing(self, path: Path, timeout: float) -> None:
+        """Return once this dumpcap writes `path`: its file header goes out only after the
+        device is open, so from then on every packet is captured (its "Capturing on" line
+        comes earlier). EndpointError if it exits first or takes longer than `timeout`."""
+        assert self.process is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while not (path.is_file() and path.stat().st_size >= PCAP_HEADER):
+            if self.exited():
+                end = await self._finish(stopped=False, timed_out=False)
+                raise EndpointError(f"exited at once: {end.describe()}")
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise EndpointError(
+                    f"{self.name} wrote no {path.name} within {timeout:g} s (log: {self.log})"
                 )
             await asyncio.sleep(POLL)
 

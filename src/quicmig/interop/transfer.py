@@ -40,7 +40,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from quicmig.core.app import content
 from quicmig.core.datagram import Address
 from quicmig.errors import InputError, QuicmigError
-from quicmig.interop.process import Endpoint, EndpointError, EndpointExit, free_port
+from quicmig.interop.process import (
+    CAPTURE_START,
+    Endpoint,
+    EndpointError,
+    EndpointExit,
+    free_port,
+)
 from quicmig.interop.stacks import (
     ClientSpec,
     ServerSpec,
@@ -63,7 +69,6 @@ STARTUP = 15.0  # seconds for a server to bind its port
 DEFAULT_TIMEOUT = 30.0  # seconds for the client's whole download
 DATAGRAM_BODY = 1200  # bytes of body per datagram, roughly: for a rebinding's progress point
 WATCH = 0.01  # seconds between looks at the proxy's counters
-DUMPCAP_START = 1.0  # seconds for dumpcap to open the interface
 LOCAL_ADDRESSES = ("127.0.0.1", "127.0.0.2")  # a client on loopback may move between these
 
 
@@ -363,10 +368,10 @@ async def _dumpcap(port: int, out: Path, log: Path) -> AsyncIterator[None]:
         "dumpcap", [exe, "-q", "-i", "lo", "-f", f"udp port {port}", "-w", str(out)], log=log
     )
     async with capture:
-        await asyncio.sleep(DUMPCAP_START)
-        if capture.exited():
-            end = await capture.stop()
-            raise EndpointError(f"lo capture failed: {end.describe()}")
+        try:
+            await capture.wait_capturing(out, CAPTURE_START)
+        except EndpointError as exc:
+            raise EndpointError(f"lo capture failed: {exc}") from None
         yield
 
 
