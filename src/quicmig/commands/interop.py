@@ -11,12 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
 
 from quicmig.core.results import check_output_dir, write_atomically
@@ -48,7 +43,7 @@ from quicmig.interop.report import (
 from quicmig.interop.stacks import Stack, load_stacks, missing
 from quicmig.live.certs import CertPaths, write
 from quicmig.live.stop import run_stoppable
-from quicmig.report.table import make_console
+from quicmig.report.table import count_progress, make_console
 
 DEFAULT_JOBS = 2  # cells at a time: the proxy and each pair's two programs share 2 cores here
 
@@ -186,15 +181,7 @@ def _run_matrix(
         write(certs)
     tasks: dict[tuple[str, str, str, int], TaskID] = {}
     show = console.is_terminal
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not show,
-    ) as progress:
+    with count_progress(console, show) as progress:
         matrix = MatrixRun(
             selection, backend, out, certs, jobs=jobs, seed=seed, base_port=base_port
         )

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quicmig.core.results import (
     RUNS_SCHEMA,
@@ -23,7 +23,13 @@ from quicmig.errors import InputError, QuicmigError
 from quicmig.model.loader import builtin_names, load_scenario
 from quicmig.model.scenario import STACKS, Scenario
 from quicmig.model.verdicts import Verdict
-from quicmig.report.table import make_console, print_result, summary_table, verdict_words
+from quicmig.report.table import (
+    count_progress,
+    make_console,
+    print_result,
+    summary_table,
+    verdict_words,
+)
 from quicmig.runner import RunOptions
 from quicmig.sim.runner import run_scenario
 
@@ -245,15 +251,7 @@ def _run_all(args: argparse.Namespace, console: Console) -> int:
     show_progress = console.is_terminal and not args.quiet
     engine = "serial" if args.workers == 1 else "local"
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not show_progress,
-        ) as progress:
+        with count_progress(console, show_progress) as progress:
             overall = progress.add_task("scenarios", total=len(tasks))
             for task, record in map_tasks(tasks, engine, args.workers, ordered=True):
                 if "error" in record:

@@ -16,13 +16,16 @@ import sys
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import IO, TextIO, cast
+from typing import IO, TYPE_CHECKING, TextIO, cast
 
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.measure import Measurement
 from rich.table import Column, Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 from quicmig.core.datagram import Address, format_address
 from quicmig.core.results import Check, MigrationResult, Result
@@ -75,6 +78,29 @@ def make_console() -> Console:
     if console.is_terminal:
         return console
     return Console(file=cast(IO[str], TrimmedLines(sys.stdout)), width=console_width(console))
+
+
+def count_progress(console: Console, show: bool) -> Progress:
+    """The bar of a command that runs many things: description, bar, `n/total`, elapsed;
+    gone when done, and nothing at all when not `show` (piped, or --quiet)."""
+    # Imported here: most commands that print tables show no bar.
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not show,
+    )
 
 
 def fits(renderable: RenderableType, width: int) -> bool:
