@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import BuiltinRuns
 
-from quicmig.capture.tshark import read_datagrams
+from quicmig.capture.tshark import QuicDatagram, read_datagrams
+from quicmig.core.datagram import Address
 from quicmig.interop.decrypt import Direction, parse_frames, read_secrets
 from quicmig.interop.pcapfile import read_records, udp_header
 
@@ -27,17 +28,25 @@ def payloads(pcap: Path) -> list[bytes]:
     return out
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
-def test_every_1rtt_datagram_opens_as_tshark_decrypted_it(builtin_run: BuiltinRuns) -> None:
+def opened_capture(
+    builtin_run: BuiltinRuns,
+) -> tuple[list[QuicDatagram], list[bytes], tuple[bytes, bytes], Address]:
+    """nat-rebinding's capture as tshark read it, each frame's UDP payload, the connection's
+    1-RTT secrets (client's, server's) from its key log, and the server's address."""
     run = builtin_run("nat-rebinding", capture=True)
     pcap, keylog = Path(run.result.files["pcap"]), Path(run.result.files["keylog"])
     rows = read_datagrams(pcap, keylog)
-    raw = payloads(pcap)
     random = next(d.client_random for d in rows if d.client_random)
     assert random is not None
     secrets = read_secrets(keylog, random)
     assert secrets is not None
     server = next(d.dst for d in rows if d.has_initial)
+    return rows, payloads(pcap), secrets, server
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_every_1rtt_datagram_opens_as_tshark_decrypted_it(builtin_run: BuiltinRuns) -> None:
+    rows, raw, secrets, server = opened_capture(builtin_run)
     directions = {True: Direction(secrets[0]), False: Direction(secrets[1])}
     compared = challenges = 0
     for row in rows:
@@ -59,15 +68,7 @@ def test_every_1rtt_datagram_opens_as_tshark_decrypted_it(builtin_run: BuiltinRu
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 def test_a_gso_batch_opens_segment_by_segment(builtin_run: BuiltinRuns) -> None:
-    run = builtin_run("nat-rebinding", capture=True)
-    pcap, keylog = Path(run.result.files["pcap"]), Path(run.result.files["keylog"])
-    rows = read_datagrams(pcap, keylog)
-    raw = payloads(pcap)
-    random = next(d.client_random for d in rows if d.client_random)
-    assert random is not None
-    secrets = read_secrets(keylog, random)
-    assert secrets is not None
-    server = next(d.dst for d in rows if d.has_initial)
+    rows, raw, secrets, server = opened_capture(builtin_run)
     # Three consecutive full-size datagrams of the server's, glued as a GSO send is.
     sent = [r for r in rows if r.only_short and r.src == server and r.udp_length > 1200]
     size = sent[10].udp_length - 8

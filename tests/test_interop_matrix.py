@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_bounded
+from datagrams import quic_datagram
 
 from quicmig.capture.analysis import (
     DIRECTION_CHECK,
@@ -148,20 +149,7 @@ def test_the_client_side_gives_deliveries_and_the_addresses_it_sent_from() -> No
 
 
 def dgram(number: int, src: Address, dst: Address, decrypted: bool) -> QuicDatagram:
-    return QuicDatagram(
-        number=number,
-        at=number / 100,
-        src=src,
-        dst=dst,
-        connection=0,
-        header_forms=(0,),
-        long_types=(),
-        dcids=("aa",),
-        short_pn=number if decrypted else None,
-        frames=(0x02,) if decrypted else (),
-        challenges=(),
-        responses=(),
-    )
+    return quic_datagram(number, src, dst, (0x02,) if decrypted else (), at=number / 100)
 
 
 def view_of(members: list[tuple[QuicDatagram, bool]]) -> ConnectionView:
@@ -380,25 +368,6 @@ def test_list_names_stacks_and_tests(capsys: pytest.CaptureFixture[str]) -> None
         assert name in out
 
 
-def frames_dgram(
-    number: int, at: float, src: Address, dst: Address, frames: tuple[int, ...], data: str = ""
-) -> QuicDatagram:
-    return QuicDatagram(
-        number=number,
-        at=at,
-        src=src,
-        dst=dst,
-        connection=0,
-        header_forms=(0,),
-        long_types=(),
-        dcids=("aa",),
-        short_pn=number,
-        frames=frames,
-        challenges=(data,) if 0x1A in frames else (),
-        responses=(data,) if 0x1B in frames else (),
-    )
-
-
 @pytest.mark.parametrize(("closed_after", "state"), [(0.006, "passed"), (0.5, "failed")])
 def test_a_client_that_closes_before_it_could_answer_does_not_fail_the_server(
     closed_after: float, state: str
@@ -413,14 +382,14 @@ def test_a_client_that_closes_before_it_could_answer_does_not_fail_the_server(
 
     ack, close, challenge, response = (0x02,), (0x1C,), (0x1A,), (0x1B,)
     members = [
-        (frames_dgram(1, 0.00, CLIENT, SERVER, (0x06,)), True),
-        (frames_dgram(2, 0.01, SERVER, CLIENT, ack), False),
-        (frames_dgram(3, 1.00, MOVED, SERVER, ack), True),  # first move: validated in 40 ms
-        (frames_dgram(4, 1.00, SERVER, MOVED, challenge, "01"), False),
-        (frames_dgram(5, 1.04, MOVED, SERVER, response, "01"), True),
-        (frames_dgram(6, 2.00, THIRD, SERVER, ack), True),  # the second rebinding
-        (frames_dgram(7, 2.00, SERVER, THIRD, challenge, "02"), False),
-        (frames_dgram(8, 2.00 + closed_after, THIRD, SERVER, close), True),
+        (quic_datagram(1, CLIENT, SERVER, (0x06,), at=0.00), True),
+        (quic_datagram(2, SERVER, CLIENT, ack, at=0.01), False),
+        (quic_datagram(3, MOVED, SERVER, ack, at=1.00), True),  # first move: validated in 40 ms
+        (quic_datagram(4, SERVER, MOVED, challenge, at=1.00, data="01"), False),
+        (quic_datagram(5, MOVED, SERVER, response, at=1.04, data="01"), True),
+        (quic_datagram(6, THIRD, SERVER, ack, at=2.00), True),  # the second rebinding
+        (quic_datagram(7, SERVER, THIRD, challenge, at=2.00, data="02"), False),
+        (quic_datagram(8, THIRD, SERVER, close, at=2.00 + closed_after), True),
     ]
     view = view_of(members)
     wanted = Expectations("t", "stock", Expectation(min_migrations=1), None)
@@ -452,15 +421,15 @@ def test_a_client_that_closes_from_a_new_path_before_any_challenge_does_not_fail
     ack, close, challenge, response = (0x02,), (0x1C,), (0x1A,), (0x1B,)
     last = (close,) if closed_after == 0.0 else (ack,)
     members = [
-        (frames_dgram(1, 0.00, CLIENT, SERVER, (0x06,)), True),
-        (frames_dgram(2, 0.01, SERVER, CLIENT, ack), False),
-        (frames_dgram(3, 1.00, MOVED, SERVER, ack), True),  # first move: validated in 40 ms
-        (frames_dgram(4, 1.00, SERVER, MOVED, challenge, "01"), False),
-        (frames_dgram(5, 1.04, MOVED, SERVER, response, "01"), True),
-        (frames_dgram(6, 2.00, THIRD, SERVER, *last), True),  # the second rebinding
+        (quic_datagram(1, CLIENT, SERVER, (0x06,), at=0.00), True),
+        (quic_datagram(2, SERVER, CLIENT, ack, at=0.01), False),
+        (quic_datagram(3, MOVED, SERVER, ack, at=1.00), True),  # first move: validated in 40 ms
+        (quic_datagram(4, SERVER, MOVED, challenge, at=1.00, data="01"), False),
+        (quic_datagram(5, MOVED, SERVER, response, at=1.04, data="01"), True),
+        (quic_datagram(6, THIRD, SERVER, *last, at=2.00), True),  # the second rebinding
     ]
     if closed_after:
-        members.append((frames_dgram(7, 2.00 + closed_after, THIRD, SERVER, close), True))
+        members.append((quic_datagram(7, THIRD, SERVER, close, at=2.00 + closed_after), True))
     view = view_of(members)
     wanted = Expectations("t", "stock", Expectation(min_migrations=1), None)
     observation = Observation(

@@ -4,7 +4,8 @@ not decrypt on the new path."""
 
 from __future__ import annotations
 
-from quicmig.capture.tshark import QuicDatagram
+from datagrams import quic_datagram as dgram
+
 from quicmig.core.datagram import Address
 from quicmig.interop.wire import PATH_CHALLENGE, PATH_RESPONSE, path_counts, rebind_view
 
@@ -12,23 +13,6 @@ SERVER: Address = ("127.0.0.1", 4433)
 OLD: Address = ("127.0.0.1", 50000)
 NEW: Address = ("127.0.0.1", 50001)
 ACK, STREAM = 0x02, 0x0E
-
-
-def dgram(number: int, src: Address, dst: Address, frames: tuple[int, ...]) -> QuicDatagram:
-    return QuicDatagram(
-        number=number,
-        at=number / 1000,
-        src=src,
-        dst=dst,
-        connection=0,
-        header_forms=(0,),
-        long_types=(),
-        dcids=("aa",),
-        short_pn=number if frames else None,
-        frames=frames,
-        challenges=("c1",) if PATH_CHALLENGE in frames else (),
-        responses=("c1",) if PATH_RESPONSE in frames else (),
-    )
 
 
 def test_a_server_that_never_follows_is_seen_sending_to_the_old_address() -> None:
