@@ -23,7 +23,6 @@ import re
 import shutil
 import signal
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,18 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
-from conftest import STARTUP, run_bounded, start_quicmig, stop_process
+from conftest import run_bounded, start_quicmig, stop_process
 
 from quicmig.core.app import content
-from quicmig.interop.chromium_client import EXEC_WITH_PIPE, DevTools
+from quicmig.errors import QuicmigError
+from quicmig.interop.chromium_client import (
+    STARTUP,
+    Browser,
+    DevTools,
+    browser_flags,
+    quic_flags,
+    session_processes,
+)
 from quicmig.interop.transfer import spki_hash
 from quicmig.live.certs import CertPaths
 from quicmig.live.server import BYTES_SEED, MAX_BYTES, LiveServer
@@ -51,69 +58,9 @@ SIZE = 10_000_000  # bytes of /bytes/N
 # receives, says nothing for about 15 s. With a delay, packets in the proxy's pipes cross the
 # rebinding and carry the new mapping to the server at once.
 DELAY_MS = 10
-TEST_TIMEOUT = 30.0  # seconds for the whole exchange
+TEST_TIMEOUT = 30.0  # seconds for the exchange, once Chromium has answered on its pipe
+PROXY_DURATION = STARTUP + TEST_TIMEOUT  # the proxy outlives the browser's longest start
 REBIND_LINE = re.compile(r"rebind 1: client \S+ now reaches \S+ from (\S+) \(was (\S+)\)")
-
-
-def chromium_flags(origin: str, spki: str, profile: Path) -> list[str]:
-    """Headless Chromium (also as root) on QUIC for `origin`, trusting the server's key."""
-    return [
-        "--headless",
-        "--no-sandbox",  # as root Chromium refuses to start without it
-        f"--user-data-dir={profile}",  # a fresh profile: no cached session or broken-QUIC mark
-        f"--origin-to-force-quic-on={origin}",  # QUIC at once, no Alt-Svc over TCP first
-        f"--ignore-certificate-errors-spki-list={spki}",  # the server's key, not a CA import
-        # Chromium's own port migration: when the path looks degraded it probes a new local
-        # port and may move there. Off, so that the proxy's rebinding is the only path change.
-        "--force-fieldtrials=QUIC/Lab",
-        "--force-fieldtrial-params=QUIC.Lab:allow_port_migration/false",
-        # quiet: no GPU process, no calls to Google's servers (there is no network here)
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--remote-debugging-pipe",
-        "about:blank",
-    ]
-
-
-async def _start_chromium(
-    flags: list[str], log: Path
-) -> tuple[asyncio.subprocess.Process, DevTools, asyncio.ReadTransport]:
-    """Start Chromium in a session of its own (so all its processes can be killed)."""
-    to_chrome, to_chrome_w = os.pipe()
-    from_chrome_r, from_chrome = os.pipe()
-    try:
-        with log.open("wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", EXEC_WITH_PIPE, str(to_chrome), str(from_chrome),
-                CHROMIUM, *flags,
-                pass_fds=(to_chrome, from_chrome), stdin=asyncio.subprocess.DEVNULL,
-                stdout=stderr, stderr=stderr, start_new_session=True,
-            )  # fmt: skip
-    except BaseException:
-        for fd in (to_chrome_w, from_chrome_r):
-            os.close(fd)
-        raise
-    finally:
-        os.close(to_chrome)
-        os.close(from_chrome)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_chrome_r, "rb", 0)
-    )
-    return process, DevTools(reader, to_chrome_w), transport
-
-
-async def _stop_chromium(process: asyncio.subprocess.Process) -> None:
-    """Wait a little for Chromium to exit, then kill every process of its session."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(process.wait(), 5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # its own session: renderer, GPU, zygotes
-    await process.wait()
 
 
 async def _browse(certs: CertPaths, folder: Path, proxy_lines: list[str]) -> dict[str, Any]:
@@ -125,15 +72,12 @@ async def _browse(certs: CertPaths, folder: Path, proxy_lines: list[str]) -> dic
         re.compile(r"Starting QUIC server on 127\.0\.0\.1:\d+"),
     )  # fmt: skip
     processes = [server]
-    chromium: asyncio.subprocess.Process | None = None
-    devtools: DevTools | None = None
-    pipe: asyncio.ReadTransport | None = None
     watcher: asyncio.Future[None] | None = None
     try:
         server_port = int(re.findall(r"127\.0\.0\.1:(\d+)", line)[0])
         proxy, line = await start_quicmig(
             ["proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{server_port}",
-             "--delay-ms", str(DELAY_MS), "--control", "off", "--duration", str(TEST_TIMEOUT)],
+             "--delay-ms", str(DELAY_MS), "--control", "off", "--duration", str(PROXY_DURATION)],
             re.compile(r"quicmig proxy: 127\.0\.0\.1:\d+ →"),
         )  # fmt: skip
         processes.append(proxy)
@@ -156,11 +100,6 @@ async def _browse(certs: CertPaths, folder: Path, proxy_lines: list[str]) -> dic
                     at_rebind.append(received[0])
 
         watcher = asyncio.ensure_future(watch_proxy())
-        profile = folder / "chromium-profile"
-        chromium, devtools, pipe = await _start_chromium(
-            chromium_flags(origin, spki_hash(certs.cert), profile),
-            folder / "chromium.log",
-        )
 
         def on_event(method: str, params: dict[str, Any]) -> None:
             if method == "Page.loadEventFired":
@@ -176,54 +115,56 @@ async def _browse(certs: CertPaths, folder: Path, proxy_lines: list[str]) -> dic
                     asked[0] = True
                     proxy.send_signal(signal.SIGUSR1)
 
-        devtools.on_event = on_event
-        target = await asyncio.wait_for(
-            devtools.send("Target.createTarget", {"url": "about:blank"}), STARTUP
-        )
-        attached = await devtools.send(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
-        )
-        session = attached["sessionId"]
-        await devtools.send("Network.enable", session=session)
-        await devtools.send("Page.enable", session=session)
-        navigated = await devtools.send(
-            "Page.navigate", {"url": f"https://{origin}/fetch/{SIZE}"}, session
-        )
-        assert "errorText" not in navigated, f"Chromium could not load the page: {navigated}"
-        await loaded.wait()
-        evaluated = await devtools.send(
-            "Runtime.evaluate",
-            {"expression": "window.quicmigFetch", "awaitPromise": True, "returnByValue": True},
-            session,
-        )
-        assert "exceptionDetails" not in evaluated, evaluated
-        page = evaluated["result"].get("value")
-        assert isinstance(page, dict), f"the page's script did not run: {evaluated}"
-        version = await devtools.send("Browser.getVersion")
-        with contextlib.suppress(AssertionError, TimeoutError):  # it may close the pipe first
-            await asyncio.wait_for(devtools.send("Browser.close"), 5)
-        await asyncio.sleep(0.1)
+        flags = [
+            *browser_flags(folder / "chromium-profile"),
+            *quic_flags(origin, spki_hash(certs.cert)),  # no port migration of its own
+            "about:blank",
+        ]
+        browser = Browser(CHROMIUM, flags, folder / "chromium.log")
+        async with browser as devtools:
+            devtools.on_event = on_event
+            # From here on the exchange itself is bounded, not Chromium's start.
+            page = await asyncio.wait_for(_load(devtools, origin, loaded), TEST_TIMEOUT)
         return {
             "page": page,
-            "browser": version["product"],
+            "browser": browser.product,
             "protocols": protocols,
             "received": received[0],
             "rebind_lines": rebind_lines,
             "received_at_rebind": at_rebind,
         }
     finally:
-        if devtools is not None:
-            await devtools.aclose()
-        if pipe is not None:
-            pipe.close()
-        if chromium is not None:
-            await _stop_chromium(chromium)
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         for process in reversed(processes):
             await stop_process(process)
+
+
+async def _load(devtools: DevTools, origin: str, loaded: asyncio.Event) -> Any:
+    """Open `/fetch/SIZE` in a new tab; return what its script found (window.quicmigFetch)."""
+    target = await devtools.send("Target.createTarget", {"url": "about:blank"})
+    attached = await devtools.send(
+        "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+    )
+    session = attached["sessionId"]
+    await devtools.send("Network.enable", session=session)
+    await devtools.send("Page.enable", session=session)
+    navigated = await devtools.send(
+        "Page.navigate", {"url": f"https://{origin}/fetch/{SIZE}"}, session
+    )
+    assert "errorText" not in navigated, f"Chromium could not load the page: {navigated}"
+    await loaded.wait()
+    evaluated = await devtools.send(
+        "Runtime.evaluate",
+        {"expression": "window.quicmigFetch", "awaitPromise": True, "returnByValue": True},
+        session,
+    )
+    assert "exceptionDetails" not in evaluated, evaluated
+    page = evaluated["result"].get("value")
+    assert isinstance(page, dict), f"the page's script did not run: {evaluated}"
+    return page
 
 
 @pytest.mark.skipif(
@@ -234,7 +175,7 @@ def test_chromium_downloads_over_http3_across_a_proxy_rebinding(
 ) -> None:
     proxy_lines: list[str] = []
     try:
-        out = asyncio.run(asyncio.wait_for(_browse(certs, tmp_path, proxy_lines), TEST_TIMEOUT))
+        out = asyncio.run(_browse(certs, tmp_path, proxy_lines))
     except TimeoutError:
         log_file = tmp_path / "chromium.log"
         log = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
@@ -338,3 +279,26 @@ def test_fetch_page_names_the_body_and_its_sha256(certs: CertPaths) -> None:
     assert b'expected_sha256: "' + expected + b'"' in page
     assert hashlib.sha256(b"").hexdigest().encode() in answers["/fetch/0"][1]
     assert answers["/fetch/x"][0] == answers[f"/fetch/{MAX_BYTES + 1}"][0] == 400
+
+
+def test_a_browser_silent_on_its_pipe_is_named_with_where_it_waits_and_killed(
+    tmp_path: Path,
+) -> None:
+    """A "browser" that never answers on the DevTools pipe: the error says for how long and
+    where its processes wait, and none of them outlives the attempt."""
+    silent = tmp_path / "silent-browser"
+    silent.write_text("#!/bin/sh\nsleep 60 &\nexec sleep 61\n")
+    silent.chmod(0o755)
+    browser = Browser(str(silent), [], tmp_path / "log", startup=0.5)
+
+    async def start() -> None:
+        async with browser:
+            raise AssertionError("the silent browser must not come up")
+
+    with pytest.raises(QuicmigError) as raised:
+        run_bounded(start())
+    message = str(raised.value)
+    assert message.startswith("Chromium did not answer on its DevTools pipe within 0.5 s")
+    assert re.search(r"its processes: sleep \d+ S in \w+; sleep \d+ S in \w+\)$", message), message
+    assert browser.process is not None and browser.process.returncode is not None
+    assert session_processes(browser.process.pid) == []  # the background sleep too

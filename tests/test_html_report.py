@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 
 from quicmig.cli import main
-from quicmig.interop.chromium_client import Browser, DevTools
+from quicmig.interop.chromium_client import Browser, DevTools, browser_flags
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = os.access(CHROMIUM, os.X_OK)
-TIMEOUT = 40.0  # seconds for the whole browser session
+TIMEOUT = 40.0  # seconds for the page, once Chromium has answered on its pipe
 FIELDS = (  # of each migration: shown on the page with the Result's value
     "detected_at",
     "detection_delay",
@@ -79,25 +79,13 @@ ZOOM = """(() => {
 
 
 def _flags(profile: Path) -> list[str]:
-    return [
-        "--headless",
-        "--no-sandbox",  # as root Chromium refuses to start without it
-        f"--user-data-dir={profile}",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-        "--remote-debugging-pipe",
-        "about:blank",
-    ]
+    return [*browser_flags(profile), "--window-size=1280,900", "about:blank"]
 
 
 async def _open(page: Path, folder: Path) -> dict[str, Any]:
     """Load `page` in Chromium; return the DOM's findings, the requests, errors, screenshot."""
     async with Browser(CHROMIUM, _flags(folder / "profile"), folder / "chromium.log") as devtools:
-        return await _inspect(devtools, page, folder)
+        return await asyncio.wait_for(_inspect(devtools, page, folder), TIMEOUT)
 
 
 async def _inspect(devtools: DevTools, page: Path, folder: Path) -> dict[str, Any]:
@@ -150,7 +138,7 @@ def test_network_switch_report_in_chromium(tmp_path: Path) -> None:
     argv = ["run", "network-switch", "--html", str(page), "--json", str(saved), "-q"]
     assert main(argv) == 1  # failed, as this scenario documents for stock aioquic
     result = json.loads(saved.read_text())
-    seen = asyncio.run(asyncio.wait_for(_open(page, tmp_path), TIMEOUT))
+    seen = asyncio.run(_open(page, tmp_path))
     dom = seen["dom"]
 
     assert seen["requests"] == [page.as_uri()], "the page must load nothing but itself"

@@ -35,7 +35,9 @@ from quicmig.errors import InputError, QuicmigError
 from quicmig.live.stop import run_stoppable
 
 DEFAULT_TIMEOUT = 60.0  # seconds for the whole download
-STARTUP = 20.0  # seconds for Chromium to answer on the DevTools pipe
+# Seconds for Chromium to answer on the DevTools pipe. It usually takes under 2 s, but on a
+# loaded machine a start has been seen to go silent for over 15 s before its first line.
+STARTUP = 60.0
 QUIT_GRACE = 5.0  # seconds for Chromium to exit after Browser.close
 
 # Runs in the child before Chromium: --remote-debugging-pipe reads the DevTools protocol from
@@ -53,20 +55,12 @@ os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
-def chromium_flags(args: argparse.Namespace, origin: str, hostname: str) -> list[str]:
-    """Headless Chromium (also as root) on QUIC for `origin`, trusting the server's key."""
-    # Chromium 156 follows a server's preferred address by itself (seen on the wire).
-    quic_params = [f"allow_port_migration/{'true' if args.allow_port_migration else 'false'}"]
-    flags = [
+def browser_flags(profile: Path) -> list[str]:
+    """Headless Chromium (also as root) in a fresh profile, quiet, driven over the pipe."""
+    return [
         "--headless",
         "--no-sandbox",  # as root Chromium refuses to start without it
-        f"--user-data-dir={args.profile}",  # a fresh profile: no cached session or broken-QUIC mark
-        "--enable-quic",
-        f"--origin-to-force-quic-on={origin}",  # QUIC at once, no Alt-Svc over TCP first
-        f"--host-resolver-rules=MAP {hostname} {args.host}",  # the SNI stays the URL's name
-        f"--ignore-certificate-errors-spki-list={args.spki}",  # the server's key, not a CA import
-        "--force-fieldtrials=QUIC/Lab",
-        f"--force-fieldtrial-params=QUIC.Lab:{'/'.join(quic_params)}",
+        f"--user-data-dir={profile}",  # a fresh profile: no cached session or broken-QUIC mark
         # quiet: no GPU process, no calls to Google's servers (there is no network here)
         "--disable-gpu",
         "--no-first-run",
@@ -78,6 +72,30 @@ def chromium_flags(args: argparse.Namespace, origin: str, hostname: str) -> list
         "--disable-domain-reliability",
         "--metrics-recording-only",
         "--remote-debugging-pipe",
+    ]
+
+
+def quic_flags(origin: str, spki: str, allow_port_migration: bool = False) -> list[str]:
+    """QUIC at once for `origin` (HOST:PORT), trusting the server's key by its SPKI hash."""
+    # Chromium's own port migration probes a new local port when the path looks degraded;
+    # off, a test's path changes are the network's only. (Chromium 156 follows a server's
+    # preferred address by itself either way, as seen on the wire.)
+    migration = "true" if allow_port_migration else "false"
+    return [
+        "--enable-quic",
+        f"--origin-to-force-quic-on={origin}",  # no Alt-Svc over TCP first
+        f"--ignore-certificate-errors-spki-list={spki}",  # the server's key, not a CA import
+        "--force-fieldtrials=QUIC/Lab",
+        f"--force-fieldtrial-params=QUIC.Lab:allow_port_migration/{migration}",
+    ]
+
+
+def chromium_flags(args: argparse.Namespace, origin: str, hostname: str) -> list[str]:
+    """The download client's flags: QUIC for `origin`, the URL's name mapped to --host."""
+    flags = [
+        *browser_flags(args.profile),
+        *quic_flags(origin, args.spki, args.allow_port_migration),
+        f"--host-resolver-rules=MAP {hostname} {args.host}",  # the SNI stays the URL's name
     ]
     if args.keylog is not None:
         flags.append(f"--ssl-key-log-file={args.keylog}")
@@ -142,18 +160,57 @@ class DevTools:
         os.close(self._write_fd)
 
 
-class Browser:
-    """Chromium with its DevTools pipe; `async with Browser(...) as devtools:`."""
+def session_processes(session: int) -> list[str]:
+    """Each process of a session as `name pid STATE in WCHAN`: where a silent browser waits."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            wchan = (stat.parent / "wchan").read_text().strip()
+        except OSError:
+            continue  # gone meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        state, _ppid, _group, sid = text[text.rindex(")") + 2 :].split()[:4]
+        if int(sid) == session and state != "Z":  # a zombie is dead, only not yet reaped
+            found.append(f"{name} {stat.parent.name} {state} in {wchan or '-'}")
+    return sorted(found, key=lambda line: int(line.split()[1]))
 
-    def __init__(self, chromium: str, flags: list[str], log: Path | None) -> None:
+
+class Browser:
+    """Chromium with its DevTools pipe, up once it has answered Browser.getVersion:
+    `async with Browser(...) as devtools:`; `product` is then Chromium's name and version."""
+
+    def __init__(
+        self, chromium: str, flags: list[str], log: Path | None, startup: float = STARTUP
+    ) -> None:
         self.chromium = chromium
         self.flags = flags
         self.log = log
+        self.startup = startup
+        self.product = ""
         self.process: asyncio.subprocess.Process | None = None
         self.devtools: DevTools | None = None
         self._pipe: asyncio.ReadTransport | None = None
 
     async def __aenter__(self) -> DevTools:
+        try:
+            devtools = await self._start()
+            version = await asyncio.wait_for(devtools.send("Browser.getVersion"), self.startup)
+        except TimeoutError:
+            assert self.process is not None
+            waiting = "; ".join(session_processes(self.process.pid)) or "none left"
+            await self._stop(polite=False)
+            raise QuicmigError(
+                f"Chromium did not answer on its DevTools pipe within {self.startup:g} s "
+                f"(its processes: {waiting})"
+            ) from None
+        except BaseException:
+            await self._stop(polite=False)
+            raise
+        self.product = version.get("product", "?")
+        return devtools
+
+    async def _start(self) -> DevTools:
         to_chrome, to_chrome_w = os.pipe()
         from_chrome_r, from_chrome = os.pipe()
         stderr = self.log.open("ab") if self.log is not None else None
@@ -184,15 +241,21 @@ class Browser:
         return self.devtools
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop(polite=True)
+
+    async def _stop(self, polite: bool) -> None:
+        """Ask Chromium to close (if `polite`), give it a moment, then kill its session."""
         if self.devtools is not None:
-            with contextlib.suppress(QuicmigError, TimeoutError):  # it may close the pipe first
-                await asyncio.wait_for(self.devtools.send("Browser.close"), QUIT_GRACE)
+            if polite:
+                with contextlib.suppress(QuicmigError, TimeoutError):  # it may close the pipe first
+                    await asyncio.wait_for(self.devtools.send("Browser.close"), QUIT_GRACE)
             await self.devtools.aclose()
         if self._pipe is not None:
             self._pipe.close()
         if self.process is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), QUIT_GRACE)
+            if polite:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.process.wait(), QUIT_GRACE)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
@@ -223,10 +286,10 @@ async def download(args: argparse.Namespace) -> int:
         ):
             done.set_result(params)
 
-    async with Browser(chromium, flags, args.log) as devtools:
+    browser = Browser(chromium, flags, args.log)
+    async with browser as devtools:
         devtools.on_event = on_event
-        version = await asyncio.wait_for(devtools.send("Browser.getVersion"), STARTUP)
-        print(f"browser {version.get('product', '?')}", flush=True)
+        print(f"browser {browser.product}", flush=True)
         await devtools.send(
             "Browser.setDownloadBehavior",
             {"behavior": "allow", "downloadPath": str(args.download_dir), "eventsEnabled": True},
