@@ -4,6 +4,7 @@ trailing spaces, and no address or number cut (each one appears whole on a line)
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from conftest import BuiltinRuns
 from rich.console import Console
 
-from quicmig.cli import main
+from quicmig.cli import COMMANDS, main
 from quicmig.core.datagram import format_address
 from quicmig.core.results import Result
 from quicmig.demo.diagram import diagram
@@ -166,3 +167,30 @@ def test_check_report_fits(
     (mig,) = run.result.migrations
     whole(lines, format_address(mig.old_peer), format_address(mig.new_peer), "1 connection,")
     assert any("Δ" in line for line in lines)  # relative to the scenario's network change
+
+
+HELP_COMMANDS = [
+    [],
+    *([name] for name in COMMANDS),
+    ["lab", "run"],
+    ["lab", "race"],
+    ["lab", "clean"],
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda words: " ".join(words) or "quicmig")
+def test_help_fits_80_columns_and_keeps_its_examples(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # what argparse reads for the terminal's width
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert_fits(lines, 80)
+    assert not [line for line in lines if line != line.rstrip()], "trailing spaces"
+    # An example is a command line as written: one per line, or continued with a backslash.
+    examples = lines[next((i for i, line in enumerate(lines) if line.startswith("example")), -1) :]
+    for before, line in itertools.pairwise(examples):
+        if line.startswith("      "):
+            assert before.endswith(" \\"), f"an example cut without a backslash: {line!r}"

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import IO, Any, NoReturn
 
@@ -34,8 +35,33 @@ COMMANDS: dict[str, str] = {  # name -> one line for `quicmig --help`; module qu
 DEPENDENCIES = ("aioquic", "cryptography", "rich", "matplotlib")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Prose wrapped to the terminal, as argparse does, but never inside a hyphenated name
+    (make-before-break); lines that start with a space (an epilog's examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = []
+        for line in text.splitlines():
+            lines += (
+                [line] if line.startswith(" ") else [indent + p for p in self._wrap(line, width)]
+            )
+        return "\n".join(lines)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return self._wrap(" ".join(text.split()), width)
+
+    @staticmethod
+    def _wrap(text: str, width: int) -> list[str]:
+        return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line with the way to help, exit 2 (argparse prints the usage too)."""
+    """Usage errors in one line with the way to help, exit 2 (argparse prints the usage too);
+    its subcommands' parsers are _Parsers too, with the same help layout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")

@@ -46,7 +46,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "capture) or unsupported, 2 bad input.",
         epilog="example:\n  quicmig run nat-rebinding --pcap nr.pcap --keylog nr.keys\n"
         "  quicmig check nr.pcap --keylog nr.keys --json nr-check.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("capture", type=Path, metavar="CAPTURE", help="pcap or pcapng file")
     parser.add_argument(

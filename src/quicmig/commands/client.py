@@ -86,7 +86,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  quicmig client --host ::1 --migrate nat-rebinding\n"
         "macOS: only 127.0.0.1 exists on lo0; for ip-change and network-switch first run\n"
         "  sudo ifconfig lo0 alias 127.0.0.2 up; sudo ifconfig lo0 alias 127.0.0.3 up",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"server IP address (default {DEFAULT_HOST})"

@@ -24,7 +24,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  quicmig run nat-rebinding --backend proxy --json proxy.json\n"
         "  quicmig compare sim.json proxy.json\n"
         "  sudo quicmig lab race --json race.json && quicmig compare race.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "files",

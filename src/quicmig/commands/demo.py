@@ -21,7 +21,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  quicmig demo                                   # menu\n"
         "  quicmig demo --scenario nat-rebinding --no-input\n"
         "  quicmig demo --no-input | less -R              # everything once",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--scenario",

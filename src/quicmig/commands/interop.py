@@ -63,10 +63,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="examples:\n"
         "  quicmig interop --list\n"
         "  quicmig interop --tests transfer,rebind-port\n"
-        "  quicmig interop --servers ngtcp2,caddy --clients qh3 --tests rebind-port --repeat 3\n"
+        "  quicmig interop --servers ngtcp2,caddy --clients qh3 --tests rebind-port \\\n"
+        "      --repeat 3\n"
         "  sudo quicmig interop --backend lab --tests rebind-addr --out lab-matrix/\n"
         "  quicmig interop --stacks-dir my-stacks/ --servers mystack",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--servers", metavar="A,B", help="server stacks (default: all)")
     parser.add_argument("--clients", metavar="C,D", help="client stacks (default: all)")

@@ -44,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "per-run prefix (qm + 6 hex digits) and is removed at the end, on failure and on Ctrl-C.",
         epilog="examples:\n"
         "  sudo quicmig lab run\n"
-        "  sudo quicmig lab run --migrate nat-rebinding,network-switch --download 8M --pcap caps/\n"
+        "  sudo quicmig lab run --migrate nat-rebinding,network-switch --download 8M \\\n"
+        "      --pcap caps/\n"
         "  sudo quicmig lab run --messages 3 --json lab.json\n"
-        "  sudo quicmig lab race --plot race.png --json race.json   # QUIC vs TCP vs MPTCP\n"
-        "  sudo quicmig lab clean      # remove leftovers of runs that were killed with SIGKILL",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "  sudo quicmig lab race --plot race.png --json race.json  # QUIC, TCP, MPTCP\n"
+        "  sudo quicmig lab clean  # remove what runs killed with SIGKILL left behind",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     run = actions.add_parser(
@@ -157,9 +157,9 @@ def _register_race(actions: argparse._SubParsersAction[argparse.ArgumentParser])
         epilog="examples:\n"
         "  sudo quicmig lab race\n"
         "  sudo quicmig lab race nat-rebinding --plot nat.png --json nat.json\n"
-        "  sudo quicmig lab race make-before-break --transports tcp,mptcp --stall-timeout 30\n"
+        "  sudo quicmig lab race make-before-break --transports tcp,mptcp \\\n"
+        "      --stall-timeout 30\n"
         "  quicmig compare nat.json          # the three Results side by side",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     race.add_argument(
         "scenario", nargs="?", default=DEFAULT_RACE, metavar="SCENARIO", help=f"({names})"

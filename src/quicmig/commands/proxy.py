@@ -67,11 +67,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "pcap is left behind.",
         epilog="examples:\n"
         "  quicmig server &   # 127.0.0.1:4433\n"
-        "  quicmig proxy --listen 127.0.0.1:4434 --upstream 127.0.0.1:4433 --profile wifi \\\n"
-        "      --first-rebind 1 --rebind-every 5 --pcap proxy.pcap\n"
+        "  quicmig proxy --listen 127.0.0.1:4434 --upstream 127.0.0.1:4433 \\\n"
+        "      --profile wifi --first-rebind 1 --rebind-every 5 --pcap proxy.pcap\n"
         "  quicmig proxy ctl switch cellular\n"
         "  quicmig proxy ctl blackhole 2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "action",

@@ -25,7 +25,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  quicmig run network-switch --json ns.json --with-series\n"
         "  quicmig report ns.json -o ns.html\n"
         "  quicmig run all --out results/ && quicmig report results/ -o all.html",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "results",

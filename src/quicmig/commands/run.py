@@ -47,11 +47,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "unsupported, 2 usage or input error.",
         epilog="examples:\n"
         "  quicmig run network-switch --plot switch.png\n"
-        "  quicmig run rebind-port --seed 7 --json out.json --pcap out.pcap --keylog out.keys\n"
-        "  quicmig run nat-rebinding --set links.wifi.delay_ms=50 --set workload.bytes=2e6\n"
+        "  quicmig run rebind-port --seed 7 --json out.json \\\n"
+        "      --pcap out.pcap --keylog out.keys\n"
+        "  quicmig run nat-rebinding --set links.wifi.delay_ms=50 \\\n"
+        "      --set workload.bytes=2e6\n"
         "  quicmig run all --out results/\n"
-        "  quicmig run network-switch --stack quicmig   # with quicmig's aioquic extensions",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "  quicmig run network-switch --stack quicmig  # quicmig's aioquic extensions",
     )
     parser.add_argument("target", metavar="NAME|FILE.toml|all", help="what to run")
     parser.add_argument(

@@ -46,7 +46,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  quicmig server --listen 127.0.0.1:4433 --listen [::1]:4433\n"
         "  quicmig server --qlog-dir qlogs --secrets-log keys.log\n"
         "  quicmig server --preferred-address 127.0.0.1:4434",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"IP address to listen on (default {DEFAULT_HOST})"

@@ -40,12 +40,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="examples:\n"
         "  quicmig sweep network-switch --grid links.cellular.delay_ms=20,50,100,150 \\\n"
         "      --seeds 1-20 --stack stock,quicmig --out sweeps/switch\n"
-        "  quicmig sweep network-switch-cellular --out sweeps/study   # a shipped sweep file\n"
+        "  quicmig sweep network-switch-cellular --out sweeps/study  # a shipped sweep\n"
         "  quicmig sweep nat-rebinding --grid links.wifi.loss_pct=0,1,2 --dry-run --out x\n"
-        "  quicmig sweep rebind-port --seeds 1-100 --engine dask --scheduler tcp://h:8786 "
-        "--out r\n"
+        "  quicmig sweep rebind-port --seeds 1-100 --engine dask \\\n"
+        "      --scheduler tcp://h:8786 --out r\n"
         "  quicmig sweep report sweeps/switch --plot switch.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "target",
