@@ -77,7 +77,9 @@ from quicmig.runner import RunOptions
 
 CLIENT_MOVES = (AddressChange, Switch)  # events a client stack makes by itself
 STARTUP = 15.0  # seconds for a server to bind its port
-FIRST_DATAGRAM = 20.0  # seconds for the client's first datagram (Chromium takes about 3)
+# Seconds for the client's first datagram: Chromium takes about 3, but a start on a loaded
+# machine has gone silent for over 15 (its own client waits up to chromium_client.STARTUP).
+FIRST_DATAGRAM = 60.0
 GRACE = 10.0  # seconds past the scenario's duration before the client is stopped
 STALL = 12.0  # seconds with nothing reaching the client: stopped, it is not recovering
 POLL = 0.02  # seconds between looks at the network's counters

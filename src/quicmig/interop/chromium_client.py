@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live.stop import run_stoppable
 
-DEFAULT_TIMEOUT = 60.0  # seconds for the whole download
+DEFAULT_TIMEOUT = 60.0  # seconds for the download, once Chromium is up
 # Seconds for Chromium to answer on the DevTools pipe. It usually takes under 2 s, but on a
 # loaded machine a start has been seen to go silent for over 15 s before its first line.
 STARTUP = 60.0
@@ -272,7 +272,6 @@ async def download(args: argparse.Namespace) -> int:
         raise InputError(f"--chromium {args.chromium}: not found (apt-get install chromium)")
     origin = f"{url.hostname}:{url.port}"
     flags = chromium_flags(args, origin, url.hostname)
-    started = time.monotonic()
     done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     names: dict[str, str] = {}  # download guid -> suggested file name
 
@@ -290,22 +289,14 @@ async def download(args: argparse.Namespace) -> int:
     async with browser as devtools:
         devtools.on_event = on_event
         print(f"browser {browser.product}", flush=True)
-        await devtools.send(
-            "Browser.setDownloadBehavior",
-            {"behavior": "allow", "downloadPath": str(args.download_dir), "eventsEnabled": True},
-        )
-        target = await devtools.send("Target.createTarget", {"url": "about:blank"})
-        attached = await devtools.send(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
-        )
-        session = attached["sessionId"]
-        navigated = await devtools.send("Page.navigate", {"url": args.url}, session)
-        error = navigated.get("errorText", "")
-        # A body Chromium does not render becomes a download: the navigation says "aborted".
-        if error and error != "net::ERR_ABORTED":
-            print(f"chromium: cannot load {args.url}: {error}", file=sys.stderr)
+        started = time.monotonic()  # --timeout counts from here, not from Chromium's start
+        try:
+            progress = await asyncio.wait_for(_fetch(devtools, args, done), args.timeout)
+        except TimeoutError:
+            print(f"chromium: no complete download within {args.timeout:g} s", file=sys.stderr)
             return 1
-        progress = await done
+    if progress is None:
+        return 1
     seconds = time.monotonic() - started
     if progress.get("state") != "completed":
         print(
@@ -317,6 +308,27 @@ async def download(args: argparse.Namespace) -> int:
     size = path.stat().st_size if path.is_file() else 0
     print(f"received {size} bytes in {seconds:.2f} s sha256 {digest} file {path.name}", flush=True)
     return 0 if path.is_file() else 1
+
+
+async def _fetch(
+    devtools: DevTools, args: argparse.Namespace, done: asyncio.Future[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Open --url in a new tab; the download's last progress event (None: it did not load)."""
+    await devtools.send(
+        "Browser.setDownloadBehavior",
+        {"behavior": "allow", "downloadPath": str(args.download_dir), "eventsEnabled": True},
+    )
+    target = await devtools.send("Target.createTarget", {"url": "about:blank"})
+    attached = await devtools.send(
+        "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+    )
+    navigated = await devtools.send("Page.navigate", {"url": args.url}, attached["sessionId"])
+    error = navigated.get("errorText", "")
+    # A body Chromium does not render becomes a download: the navigation says "aborted".
+    if error and error != "net::ERR_ABORTED":
+        print(f"chromium: cannot load {args.url}: {error}", file=sys.stderr)
+        return None
+    return await done
 
 
 def parser() -> argparse.ArgumentParser:
@@ -333,7 +345,12 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--keylog", type=Path, help="TLS key log (--ssl-key-log-file)")
     top.add_argument("--netlog", type=Path, help="Chromium's NetLog JSON (--log-net-log)")
     top.add_argument("--log", type=Path, help="Chromium's own output (default: discarded)")
-    top.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds")
+    top.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds for the download once Chromium is up (its start has {STARTUP:g} s)",
+    )
     top.add_argument(
         "--allow-port-migration",
         action="store_true",
@@ -342,18 +359,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-async def _main(args: argparse.Namespace) -> int:
-    try:
-        return await asyncio.wait_for(download(args), args.timeout)
-    except TimeoutError:
-        print(f"chromium: no complete download within {args.timeout:g} s", file=sys.stderr)
-        return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return run_stoppable(_main(args))
+        return run_stoppable(download(args))
     except KeyboardInterrupt:
         return 130
     except QuicmigError as exc:
