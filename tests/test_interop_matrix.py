@@ -22,6 +22,7 @@ from quicmig.capture.tshark import QuicDatagram
 from quicmig.cli import main
 from quicmig.core.datagram import Address, Datagram
 from quicmig.core.pcap import ip_udp_packet
+from quicmig.core.results import Check
 from quicmig.errors import InputError
 from quicmig.interop.backend import CellSetup, StackBackend
 from quicmig.interop.evidence import after_retry, client_side
@@ -368,6 +369,33 @@ def test_list_names_stacks_and_tests(capsys: pytest.CaptureFixture[str]) -> None
         assert name in out
 
 
+ACK, CLOSE, CHALLENGE, RESPONSE = (0x02,), (0x1C,), (0x1A,), (0x1B,)  # QUIC frame types
+
+
+def _judged_after_one_move(later: list[tuple[QuicDatagram, bool]]) -> dict[str, Check]:
+    """The judge's checks on a capture of a handshake, a first move validated in 40 ms, then
+    the datagrams `later` (from 2.0 s, numbered from 6)."""
+    from quicmig.core.judge import judge
+    from quicmig.core.observation import ClientObservation, Expectations, Observation
+    from quicmig.core.results import NO_TRANSFER
+    from quicmig.model.scenario import Expectation
+
+    members = [
+        (quic_datagram(1, CLIENT, SERVER, (0x06,), at=0.00), True),
+        (quic_datagram(2, SERVER, CLIENT, ACK, at=0.01), False),
+        (quic_datagram(3, MOVED, SERVER, ACK, at=1.00), True),
+        (quic_datagram(4, SERVER, MOVED, CHALLENGE, at=1.00, data="01"), False),
+        (quic_datagram(5, MOVED, SERVER, RESPONSE, at=1.04, data="01"), True),
+        *later,
+    ]
+    view = view_of(members)
+    wanted = Expectations("t", "stock", Expectation(min_migrations=1), None)
+    observation = Observation(
+        "capture", 0, 3.0, [ClientObservation(NO_TRANSFER, (), (), view.tracker)], ()
+    )
+    return {c.name: c for c in judge(wanted, observation).checks}
+
+
 @pytest.mark.parametrize(("closed_after", "state"), [(0.006, "passed"), (0.5, "failed")])
 def test_a_client_that_closes_before_it_could_answer_does_not_fail_the_server(
     closed_after: float, state: str
@@ -375,28 +403,13 @@ def test_a_client_that_closes_before_it_could_answer_does_not_fail_the_server(
     """A rebinding a few milliseconds before the download's end: the server's challenge on
     the new path meets a client that has already closed the connection (seen in the matrix:
     quicmig's server, qh3's client). Closing later, it could have answered: a failure."""
-    from quicmig.core.judge import judge
-    from quicmig.core.observation import ClientObservation, Expectations, Observation
-    from quicmig.core.results import NO_TRANSFER
-    from quicmig.model.scenario import Expectation
-
-    ack, close, challenge, response = (0x02,), (0x1C,), (0x1A,), (0x1B,)
-    members = [
-        (quic_datagram(1, CLIENT, SERVER, (0x06,), at=0.00), True),
-        (quic_datagram(2, SERVER, CLIENT, ack, at=0.01), False),
-        (quic_datagram(3, MOVED, SERVER, ack, at=1.00), True),  # first move: validated in 40 ms
-        (quic_datagram(4, SERVER, MOVED, challenge, at=1.00, data="01"), False),
-        (quic_datagram(5, MOVED, SERVER, response, at=1.04, data="01"), True),
-        (quic_datagram(6, THIRD, SERVER, ack, at=2.00), True),  # the second rebinding
-        (quic_datagram(7, SERVER, THIRD, challenge, at=2.00, data="02"), False),
-        (quic_datagram(8, THIRD, SERVER, close, at=2.00 + closed_after), True),
-    ]
-    view = view_of(members)
-    wanted = Expectations("t", "stock", Expectation(min_migrations=1), None)
-    observation = Observation(
-        "capture", 0, 3.0, [ClientObservation(NO_TRANSFER, (), (), view.tracker)], ()
+    checks = _judged_after_one_move(
+        [
+            (quic_datagram(6, THIRD, SERVER, ACK, at=2.00), True),  # the second rebinding
+            (quic_datagram(7, SERVER, THIRD, CHALLENGE, at=2.00, data="02"), False),
+            (quic_datagram(8, THIRD, SERVER, CLOSE, at=2.00 + closed_after), True),
+        ]
     )
-    checks = {c.name: c for c in judge(wanted, observation).checks}
     assert checks["paths-validated"].state.value == state
     assert checks["challenges-answered"].state.value == state
     if state == "passed":
@@ -413,29 +426,11 @@ def test_a_client_that_closes_from_a_new_path_before_any_challenge_does_not_fail
     port carries its CONNECTION_CLOSE (seen in the lab: Chromium), so the server, draining,
     never challenges it. A close 0.5 s after the new path appeared, with no challenge
     meanwhile, leaves the server's failure to validate standing."""
-    from quicmig.core.judge import judge
-    from quicmig.core.observation import ClientObservation, Expectations, Observation
-    from quicmig.core.results import NO_TRANSFER
-    from quicmig.model.scenario import Expectation
-
-    ack, close, challenge, response = (0x02,), (0x1C,), (0x1A,), (0x1B,)
-    last = (close,) if closed_after == 0.0 else (ack,)
-    members = [
-        (quic_datagram(1, CLIENT, SERVER, (0x06,), at=0.00), True),
-        (quic_datagram(2, SERVER, CLIENT, ack, at=0.01), False),
-        (quic_datagram(3, MOVED, SERVER, ack, at=1.00), True),  # first move: validated in 40 ms
-        (quic_datagram(4, SERVER, MOVED, challenge, at=1.00, data="01"), False),
-        (quic_datagram(5, MOVED, SERVER, response, at=1.04, data="01"), True),
-        (quic_datagram(6, THIRD, SERVER, *last, at=2.00), True),  # the second rebinding
-    ]
+    first = CLOSE if closed_after == 0.0 else ACK
+    later = [(quic_datagram(6, THIRD, SERVER, first, at=2.00), True)]  # the second rebinding
     if closed_after:
-        members.append((quic_datagram(7, THIRD, SERVER, close, at=2.00 + closed_after), True))
-    view = view_of(members)
-    wanted = Expectations("t", "stock", Expectation(min_migrations=1), None)
-    observation = Observation(
-        "capture", 0, 3.0, [ClientObservation(NO_TRANSFER, (), (), view.tracker)], ()
-    )
-    checks = {c.name: c for c in judge(wanted, observation).checks}
+        later.append((quic_datagram(7, THIRD, SERVER, CLOSE, at=2.00 + closed_after), True))
+    checks = _judged_after_one_move(later)
     assert checks["paths-validated"].state.value == state
     # The strict rule has no first packet to judge on a path the server, draining, never
     # sent to; left open by the client, the server's silence there is not judged either way.
