@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
@@ -15,6 +16,13 @@ from quicmig.core.datagram import Datagram
 
 LINKTYPE_RAW = 101
 SNAPLEN = 65535  # bytes
+FILE_HEADER = 24  # bytes of a pcap file's header
+
+
+def capture_started(path: Path) -> bool:
+    """Has a dumpcap writing `path` begun? Its file header goes out only once the device is
+    open, so from then on every packet is captured (its "Capturing on" line comes earlier)."""
+    return path.is_file() and path.stat().st_size >= FILE_HEADER
 
 
 def _checksum(data: bytes) -> int:

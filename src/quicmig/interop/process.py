@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from quicmig.core.pcap import capture_started
 from quicmig.errors import InputError, QuicmigError
 from quicmig.live.udp import bind_error, family_of
 
@@ -34,7 +35,6 @@ POLL = 0.05  # seconds between looks at /proc while waiting
 WATCH = 0.25  # seconds between looks at a running endpoint's children
 TAIL_LINES = 8  # lines of the log kept with an exit
 PROC = Path("/proc")
-PCAP_HEADER = 24  # bytes of a pcap file's header
 CAPTURE_START = 10.0  # seconds for dumpcap to open its interface on a loaded machine
 
 
@@ -170,12 +170,11 @@ class Endpoint:
             await asyncio.sleep(POLL)
 
     async def wait_capturing(self, path: Path, timeout: float) -> None:
-        """Return once this dumpcap writes `path`: its file header goes out only after the
-        device is open, so from then on every packet is captured (its "Capturing on" line
-        comes earlier). EndpointError if it exits first or takes longer than `timeout`."""
+        """Return once this dumpcap has begun `path` (see `capture_started`); EndpointError if
+        it exits first or takes longer than `timeout`."""
         assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
-        while not (path.is_file() and path.stat().st_size >= PCAP_HEADER):
+        while not capture_started(path):
             if self.exited():
                 end = await self._finish(stopped=False, timed_out=False)
                 raise EndpointError(f"exited at once: {end.describe()}")

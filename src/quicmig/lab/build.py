@@ -33,6 +33,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from quicmig.core.pcap import capture_started
 from quicmig.errors import QuicmigError
 from quicmig.lab.element import MTU, LinkSpec
 from quicmig.lab.moves import Movers
@@ -44,7 +45,7 @@ from quicmig.lab.system import in_ns, require, run, signals_held
 from quicmig.live.stop import STOP_SIGNALS
 from quicmig.model.topology import LinkProfile, Topology
 
-CAPTURE_START_TIMEOUT = 10.0  # seconds for dumpcap to say it is capturing
+CAPTURE_START_TIMEOUT = 10.0  # seconds for dumpcap to begin its file
 # A host may receive on an interface its default route does not use (make-before-break);
 # IPv6 is off so that no router solicitation or MLD report crosses an IPv4 lab's links.
 SYSCTLS = (
@@ -270,11 +271,7 @@ class NamespaceLab(Movers):
         )
         self.processes.insert(0, process)  # stopped last: it sees the whole run
         wait_for(
-            lambda: (
-                # "Capturing on" comes before the device is open; "File:" after it is
-                any(line.startswith("File:") for line in process.stderr)
-                or process.popen.poll() is not None
-            ),
+            lambda: capture_started(path) or process.popen.poll() is not None,
             CAPTURE_START_TIMEOUT,
         )
         if process.popen.poll() is not None:
