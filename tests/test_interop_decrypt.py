@@ -28,11 +28,14 @@ def payloads(pcap: Path) -> list[bytes]:
     return out
 
 
-def opened_capture(
-    builtin_run: BuiltinRuns,
-) -> tuple[list[QuicDatagram], list[bytes], tuple[bytes, bytes], Address]:
-    """nat-rebinding's capture as tshark read it, each frame's UDP payload, the connection's
-    1-RTT secrets (client's, server's) from its key log, and the server's address."""
+Opened = tuple[list[QuicDatagram], list[bytes], tuple[bytes, bytes], Address]
+
+
+@pytest.fixture(scope="module")
+def opened_capture(builtin_run: BuiltinRuns) -> Opened:
+    """nat-rebinding's capture as tshark read it (once for the module), each frame's UDP
+    payload, the connection's 1-RTT secrets (client's, server's) from its key log, and the
+    server's address."""
     run = builtin_run("nat-rebinding", capture=True)
     pcap, keylog = Path(run.result.files["pcap"]), Path(run.result.files["keylog"])
     rows = read_datagrams(pcap, keylog)
@@ -45,8 +48,8 @@ def opened_capture(
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
-def test_every_1rtt_datagram_opens_as_tshark_decrypted_it(builtin_run: BuiltinRuns) -> None:
-    rows, raw, secrets, server = opened_capture(builtin_run)
+def test_every_1rtt_datagram_opens_as_tshark_decrypted_it(opened_capture: Opened) -> None:
+    rows, raw, secrets, server = opened_capture
     directions = {True: Direction(secrets[0]), False: Direction(secrets[1])}
     compared = challenges = 0
     for row in rows:
@@ -67,8 +70,8 @@ def test_every_1rtt_datagram_opens_as_tshark_decrypted_it(builtin_run: BuiltinRu
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
-def test_a_gso_batch_opens_segment_by_segment(builtin_run: BuiltinRuns) -> None:
-    rows, raw, secrets, server = opened_capture(builtin_run)
+def test_a_gso_batch_opens_segment_by_segment(opened_capture: Opened) -> None:
+    rows, raw, secrets, server = opened_capture
     # Three consecutive full-size datagrams of the server's, glued as a GSO send is.
     sent = [r for r in rows if r.only_short and r.src == server and r.udp_length > 1200]
     size = sent[10].udp_length - 8
